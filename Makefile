@@ -1,0 +1,55 @@
+# Two commands do all set-up on a fresh machine with Python 3.12:
+#   make demo   the main job on the embedded default (creates/reuses .venv with the pinned stack)
+#   make test   the test suite (same venv)
+# Everything else here is a convenience around those two.
+
+SHELL := /bin/bash
+VENV ?= .venv
+# The first interpreter that really is 3.12 (a pyenv shim named python3.12 can exist and still fail).
+PYTHON ?= $(shell for p in python3.12 $$HOME/.pyenv/versions/3.12*/bin/python3.12 /usr/local/bin/python3.12 /usr/bin/python3.12; do \
+	$$p -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))' >/dev/null 2>&1 && { echo $$p; break; }; done)
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: venv test lint format demo smoke lock clean-venv bench
+
+$(VENV)/.installed: requirements/pins.txt pyproject.toml
+	@test -n "$(PYTHON)" || { echo "error: Python 3.12 not found (set PYTHON=/path/to/python3.12)" >&2; exit 1; }
+	@echo "creating $(VENV) with $(PYTHON) (pinned stack from requirements/pins.txt; first time ~2-5 min)"
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet --no-deps -r requirements/pins.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	@touch $@
+
+venv: $(VENV)/.installed
+
+test: venv
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: venv
+	$(PY) -m ruff check . && $(PY) -m ruff format --check .
+
+format: venv
+	$(PY) -m ruff check --fix . && $(PY) -m ruff format .
+
+demo: venv
+	$(VENV)/bin/smartpt demo
+
+smoke: venv
+	$(VENV)/bin/smartpt train smoke=true
+
+bench: venv
+	for b in benchmarks/*.py; do $(PY) $$b || exit 1; done
+
+# Re-resolve the lock from requirements/top-level.txt (needs the package index).
+lock:
+	rm -rf /tmp/smartpt-lock && $(PYTHON) -m venv /tmp/smartpt-lock
+	/tmp/smartpt-lock/bin/pip install -r <(grep -v -e '^megatron-core' -e '^megatron-bridge' -e '^nvidia-modelopt' requirements/top-level.txt)
+	/tmp/smartpt-lock/bin/pip install --no-deps megatron-core==0.19.2 megatron-bridge==0.6.2 nvidia-modelopt==0.47.0
+	{ awk '/^#/{print; next} {exit}' requirements/pins.txt; /tmp/smartpt-lock/bin/pip freeze; } > requirements/pins.new && mv requirements/pins.new requirements/pins.txt
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,145 @@
+"""Hydra override grammar for every ``smartpt`` subcommand.
+
+Each subcommand's settings live in one dataclass (the only home of their defaults). The command line is a list of
+Hydra overrides, parsed by Hydra's own ``OverridesParser`` (the grammar Megatron-Bridge uses for its
+``ConfigContainer``), and applied to an OmegaConf structured config built from the dataclass:
+
+- ``key=value`` sets an existing field (type-checked by OmegaConf: ``steps=abc`` on an int field fails);
+- ``+key=value`` adds a key that is not in the schema; only allowed inside free-form ``dict`` fields;
+- ``++key=value`` sets the key whether or not it exists;
+- ``~key`` removes an override: the field falls back to its dataclass default (a structured config cannot lose a
+  field, so "delete" means "back to default").
+
+Unknown keys fail with the parser's message, naming the key, before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
+from hydra.errors import OverrideParseException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+
+class OverrideError(ValueError):
+    """A command-line override that does not parse or does not fit the schema."""
+
+
+def parse_overrides(overrides: list[str]) -> list[Override]:
+    """Parse ``key=value`` strings with Hydra's grammar; raise :class:`OverrideError` naming the bad one."""
+    parser = OverridesParser.create()
+    parsed = []
+    for text in overrides:
+        try:
+            parsed.extend(parser.parse_overrides([text]))
+        except OverrideParseException as exc:
+            raise OverrideError(f"cannot parse override {text!r}: {exc}") from None
+    return parsed
+
+
+def apply_overrides(cfg: DictConfig, overrides: list[str], defaults: DictConfig | None = None) -> DictConfig:
+    """Apply Hydra-grammar overrides to an OmegaConf config in place and return it.
+
+    Args:
+        cfg: the config to change (structured or plain).
+        overrides: command-line strings such as ``a.b=1``, ``+extra.key=x``, ``~a.b``.
+        defaults: where ``~key`` takes the restored value from; without it ``~key`` deletes the key.
+    """
+    for ov in parse_overrides(overrides):
+        key = ov.key_or_group
+        try:
+            if ov.is_delete():
+                if defaults is not None:
+                    OmegaConf.update(cfg, key, OmegaConf.select(defaults, key), merge=False)
+                else:
+                    parent, _, leaf = key.rpartition(".")
+                    node = OmegaConf.select(cfg, parent) if parent else cfg
+                    if node is None or leaf not in node:
+                        raise OverrideError(f"cannot delete {key!r}: no such key")
+                    with_flag = OmegaConf.is_struct(node)
+                    OmegaConf.set_struct(node, False)
+                    node.pop(leaf)
+                    OmegaConf.set_struct(node, with_flag)
+                continue
+            value = ov.value()
+            if ov.is_add():
+                if OmegaConf.select(cfg, key, default=_MISSING) is not _MISSING:
+                    raise OverrideError(f"cannot add {key!r}: it already exists (use {key}=... to set it)")
+                OmegaConf.update(cfg, key, value, merge=True, force_add=True)
+            elif ov.is_force_add():
+                OmegaConf.update(cfg, key, value, merge=True, force_add=True)
+            else:
+                if OmegaConf.select(cfg, key, default=_MISSING) is _MISSING:
+                    raise OverrideError(
+                        f"unknown key {key!r} in override {ov.input_line!r} "
+                        f"(known at that level: {', '.join(_siblings(cfg, key)) or 'none'}; use +{key}=... to add)"
+                    )
+                OmegaConf.update(cfg, key, value, merge=True)
+        except OmegaConfBaseException as exc:
+            raise OverrideError(f"override {ov.input_line!r}: {exc}".splitlines()[0]) from None
+    return cfg
+
+
+def build_config[T](schema: type[T], overrides: list[str], base: dict[str, Any] | None = None) -> T:
+    """Instantiate ``schema`` (a dataclass) from optional ``base`` values and command-line overrides.
+
+    The result is a real dataclass instance (``OmegaConf.to_object``), so the code behind a command never sees
+    OmegaConf types.
+    """
+    if not dataclasses.is_dataclass(schema):
+        raise TypeError(f"{schema!r} is not a dataclass")
+    defaults = OmegaConf.structured(schema)
+    cfg = OmegaConf.structured(schema)
+    if base:
+        try:
+            cfg = OmegaConf.merge(cfg, base)
+        except OmegaConfBaseException as exc:
+            raise OverrideError(f"config does not fit {schema.__name__}: {exc}".splitlines()[0]) from None
+    apply_overrides(cfg, overrides, defaults=defaults)
+    try:
+        return OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as exc:
+        raise OverrideError(f"incomplete config for {schema.__name__}: {exc}".splitlines()[0]) from None
+
+
+def _siblings(cfg: DictConfig, key: str) -> list[str]:
+    parent = key.rpartition(".")[0]
+    node = OmegaConf.select(cfg, parent) if parent else cfg
+    return sorted(str(k) for k in node.keys()) if isinstance(node, DictConfig) else []
+
+
+_MISSING = object()
+
+
+def describe(schema: type) -> str:
+    """A ``--help`` listing of a settings dataclass: each field with its type, default and docstring."""
+    import ast
+    import inspect
+
+    docs: dict[str, str] = {}
+    try:
+        tree = ast.parse(inspect.getsource(schema))
+        body = tree.body[0].body
+        for node, after in zip(body, body[1:] + [None]):
+            if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+                if isinstance(after, ast.Expr) and isinstance(getattr(after, "value", None), ast.Constant):
+                    docs[node.target.id] = " ".join(str(after.value.value).split())
+    except (OSError, TypeError, SyntaxError, IndexError):
+        pass
+    lines = [f"settings ({schema.__name__}):"]
+    for f in dataclasses.fields(schema):
+        if f.default is not dataclasses.MISSING:
+            default = repr(f.default)
+        elif f.default_factory is not dataclasses.MISSING:
+            default = repr(f.default_factory())
+        else:
+            default = "(required)"
+        type_name = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+        lines.append(f"  {f.name}: {type_name} = {default}")
+        if f.name in docs:
+            lines.append(f"      {docs[f.name]}")
+    return "\n".join(lines)

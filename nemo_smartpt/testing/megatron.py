@@ -1,0 +1,120 @@
+"""Tiny Megatron models and model-parallel set-up for tests, benchmarks and the CPU quickstart.
+
+The model is megatron-core's own ``GPTModel`` with the local (non-Transformer-Engine) layer spec, fp32, CPU
+initialisation. ``load_full_state_dict`` copies a single-process (TP=1, PP=1) state dict into a tensor- and/or
+pipeline-parallel model by slicing along each parameter's ``partition_dim`` and renumbering pipeline-stage layers,
+so a parallel run can be compared against the single-process reference with identical weights.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class TinyGPTSpec:
+    """Sizes of the tiny GPT used on CPU (defaults give ~60k parameters)."""
+
+    num_layers: int = 2
+    hidden_size: int = 32
+    num_attention_heads: int = 4
+    vocab_size: int = 128
+    seq_length: int = 32
+    ffn_hidden_size: int | None = None
+    share_embeddings: bool = False
+
+
+def init_model_parallel(tp: int = 1, pp: int = 1, seed: int = 1234) -> None:
+    """Initialise megatron's model-parallel groups on an already-initialised process group and seed every RNG."""
+    from megatron.core import parallel_state, tensor_parallel
+
+    if not torch.distributed.is_initialized():
+        raise RuntimeError("init_model_parallel needs torch.distributed initialised (use run_distributed)")
+    parallel_state.initialize_model_parallel(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp)
+    torch.manual_seed(seed)
+    tensor_parallel.model_parallel_cuda_manual_seed(seed)
+
+
+def transformer_config(spec: TinyGPTSpec, tp: int = 1, pp: int = 1, **overrides):
+    from megatron.core.transformer import TransformerConfig
+
+    kwargs = dict(
+        num_layers=spec.num_layers,
+        hidden_size=spec.hidden_size,
+        num_attention_heads=spec.num_attention_heads,
+        ffn_hidden_size=spec.ffn_hidden_size,
+        tensor_model_parallel_size=tp,
+        pipeline_model_parallel_size=pp,
+        use_cpu_initialization=True,
+        pipeline_dtype=torch.float32,
+        params_dtype=torch.float32,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        bias_dropout_fusion=False,
+        gradient_accumulation_fusion=False,
+    )
+    kwargs.update(overrides)
+    return TransformerConfig(**kwargs)
+
+
+def build_tiny_gpt(spec: TinyGPTSpec = TinyGPTSpec(), config=None, pre_process=None, post_process=None):
+    """Build megatron-core's ``GPTModel`` (local layer spec) for the current pipeline stage."""
+    from megatron.core import parallel_state
+    from megatron.core.models.gpt import GPTModel
+    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+
+    if config is None:
+        config = transformer_config(
+            spec,
+            tp=parallel_state.get_tensor_model_parallel_world_size(),
+            pp=parallel_state.get_pipeline_model_parallel_world_size(),
+        )
+    if pre_process is None:
+        pre_process = parallel_state.is_pipeline_first_stage()
+    if post_process is None:
+        post_process = parallel_state.is_pipeline_last_stage()
+    return GPTModel(
+        config=config,
+        transformer_layer_spec=get_gpt_layer_local_spec(),
+        vocab_size=spec.vocab_size,
+        max_sequence_length=spec.seq_length,
+        pre_process=pre_process,
+        post_process=post_process,
+        share_embeddings_and_output_weights=spec.share_embeddings,
+    )
+
+
+_LAYER = re.compile(r"^(.*decoder\.layers\.)(\d+)(\..*)$")
+
+
+def global_name(local_name: str, layers_per_stage: int, pp_rank: int) -> str:
+    """Map a pipeline stage's parameter name to the name it has in the single-stage model."""
+    match = _LAYER.match(local_name)
+    if not match:
+        return local_name
+    return f"{match.group(1)}{int(match.group(2)) + pp_rank * layers_per_stage}{match.group(3)}"
+
+
+def shard_of(full: torch.Tensor, param: torch.nn.Parameter, tp_rank: int, tp_size: int) -> torch.Tensor:
+    """The slice of a full (TP=1) tensor that this rank's parameter holds."""
+    if not getattr(param, "tensor_model_parallel", False) or tp_size == 1:
+        return full
+    return torch.chunk(full, tp_size, dim=param.partition_dim)[tp_rank]
+
+
+def load_full_state_dict(model: torch.nn.Module, full: dict[str, torch.Tensor], num_layers: int) -> None:
+    """Copy a TP=1/PP=1 state dict into this rank's (possibly TP/PP-sharded) model, exactly."""
+    from megatron.core import parallel_state
+
+    tp_rank = parallel_state.get_tensor_model_parallel_rank()
+    tp_size = parallel_state.get_tensor_model_parallel_world_size()
+    pp_rank = parallel_state.get_pipeline_model_parallel_rank()
+    pp_size = parallel_state.get_pipeline_model_parallel_world_size()
+    per_stage = num_layers // pp_size
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            source = full[global_name(name, per_stage, pp_rank)]
+            param.copy_(shard_of(source, param, tp_rank, tp_size))
