@@ -67,13 +67,13 @@ def apply_overrides(cfg: DictConfig, overrides: list[str], defaults: DictConfig 
                 continue
             value = ov.value()
             if ov.is_add():
-                if OmegaConf.select(cfg, key, default=_MISSING) is not _MISSING:
+                if _has_key(cfg, key):
                     raise OverrideError(f"cannot add {key!r}: it already exists (use {key}=... to set it)")
                 OmegaConf.update(cfg, key, value, merge=True, force_add=True)
             elif ov.is_force_add():
                 OmegaConf.update(cfg, key, value, merge=True, force_add=True)
             else:
-                if OmegaConf.select(cfg, key, default=_MISSING) is _MISSING:
+                if not _has_key(cfg, key):
                     raise OverrideError(
                         f"unknown key {key!r} in override {ov.input_line!r} "
                         f"(known at that level: {', '.join(_siblings(cfg, key)) or 'none'}; use +{key}=... to add)"
@@ -112,7 +112,14 @@ def _siblings(cfg: DictConfig, key: str) -> list[str]:
     return sorted(str(k) for k in node.keys()) if isinstance(node, DictConfig) else []
 
 
-_MISSING = object()
+def _has_key(cfg: DictConfig, key: str) -> bool:
+    """Whether ``key`` (dotted) exists, also when its value is MISSING (``???``), which ``select`` hides."""
+    node = cfg
+    for part in key.split("."):
+        if not isinstance(node, DictConfig) or part not in node.keys():
+            return False
+        node = node._get_node(part)
+    return True
 
 
 def describe(schema: type) -> str:

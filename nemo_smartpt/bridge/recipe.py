@@ -119,3 +119,33 @@ def cpu_pretrain_config(
     cfg.dist.distributed_backend = "nccl" if on_gpu else "gloo"
     cfg.mixed_precision = "bf16_mixed" if on_gpu else None
     return cfg
+
+
+# Cluster recipes (GPU: Transformer Engine spec, bf16, NCCL); each builds offline from Bridge's own recipe modules.
+CLUSTER_RECIPES = {
+    "vanilla_gpt": "megatron.bridge.recipes.gpt.h100.vanilla_gpt:vanilla_gpt_pretrain_1gpu_h100_bf16_config",
+    # The talk's hybrid Mamba-2 case (Nemotron-Nano-12B-v2); needs mamba-ssm, i.e. the NGC container on a GPU.
+    "nemotron_nano_12b_v2": (
+        "megatron.bridge.recipes.nemotronh.h100.nemotron_nano_v2:nemotron_nano_12b_v2_pretrain_4gpu_h100_bf16_config"
+    ),
+}
+
+
+def recipe_config(name: str, out_dir: str, vocab_size: int | None = None, seed: int = 1234):
+    """A Bridge cluster recipe by name, with our run directory, seed and (optionally) a NullTokenizer vocabulary."""
+    import importlib
+
+    from megatron.bridge.training.config import TokenizerConfig
+
+    if name not in CLUSTER_RECIPES:
+        raise ValueError(f"unknown recipe {name!r} (known: cpu_tiny, {', '.join(CLUSTER_RECIPES)})")
+    if not torch.cuda.is_available():
+        raise RuntimeError(f"recipe {name!r} is a GPU recipe (bf16, Transformer Engine); on CPU use recipe=cpu_tiny")
+    module, function = CLUSTER_RECIPES[name].split(":")
+    cfg = getattr(importlib.import_module(module), function)()
+    cfg.logger.tensorboard_dir = os.path.join(out_dir, "tb")
+    cfg.checkpoint.save = cfg.checkpoint.load = os.path.join(out_dir, "checkpoints")
+    cfg.rng.seed = seed
+    if vocab_size is not None:
+        cfg.tokenizer = TokenizerConfig(tokenizer_type="NullTokenizer", vocab_size=vocab_size)
+    return cfg

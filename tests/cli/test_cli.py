@@ -87,3 +87,14 @@ def test_console_script_and_module_entry_agree():
         [sys.executable, "-c", "from nemo_smartpt.cli import main; main(['--help'])"], capture_output=True, text=True
     )
     assert script.stdout == module.stdout
+
+
+@dataclass
+class Required:
+    path: str = "???"
+
+
+def test_a_missing_mandatory_field_can_be_set_and_is_reported_when_not():
+    assert build_config(Required, ["path=x"]).path == "x"
+    with pytest.raises(OverrideError, match="incomplete config"):
+        build_config(Required, [])

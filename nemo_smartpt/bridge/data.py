@@ -1,0 +1,62 @@
+"""The data side of ``smartpt train``: which catalog, which sources, and the plan for exactly this run's tokens."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+
+def resolve_catalog(cfg) -> Path:
+    """The catalog file this run reads (``bundled`` builds the project's corpus once and reuses it)."""
+    if cfg.data.catalog == "bundled":
+        from nemo_smartpt.bundled.build import ensure_bundled_catalog
+
+        return ensure_bundled_catalog(cfg.data.bundled_dir)
+    path = Path(cfg.data.catalog)
+    if not path.exists():
+        from nemo_smartpt.overrides import OverrideError
+
+        raise OverrideError(f"data.catalog: no such file {path}")
+    return path
+
+
+def run_catalog(cfg, out: Path) -> Path:
+    """Write ``out/catalog.yaml``: the chosen catalog with absolute prefixes, minus reasoning sources if asked."""
+    source = resolve_catalog(cfg)
+    tree = yaml.safe_load(source.read_text()) or {}
+    base = source.resolve().parent
+
+    def absolute(prefix: str) -> str:
+        return str(Path(prefix) if Path(prefix).is_absolute() else base / prefix)
+
+    sources = []
+    for entry in tree.get("sources", []):
+        if not cfg.data.reasoning and entry.get("category") == "reasoning":
+            continue
+        entry = dict(entry)
+        prefix = entry.get("prefix")
+        entry["prefix"] = [absolute(p) for p in prefix] if isinstance(prefix, list) else absolute(prefix)
+        sources.append(entry)
+    tree["sources"] = sources
+    out.mkdir(parents=True, exist_ok=True)
+    target = out / "catalog.yaml"
+    target.write_text(f"# derived by smartpt train from {source}\n" + yaml.safe_dump(tree, sort_keys=False))
+    return target
+
+
+def plan_for_run(cfg, out: Path, budget_tokens: float) -> Path:
+    """``plan.json`` for this run: the given ``data.plan``, or a fresh plan of the catalog for ``budget_tokens``."""
+    if cfg.data.plan:
+        return Path(cfg.data.plan)
+    from nemo_smartpt.blend.plan_cli import PlanConfig, run
+
+    catalog = run_catalog(cfg, out)
+    plan_cfg = PlanConfig(
+        catalog=str(catalog),
+        budget_tokens=float(int(budget_tokens)),
+        out=str(out / "plan"),
+        phase_boundaries=list(cfg.data.phase_boundaries),
+        seed=cfg.seed,
+    )
+    return Path(run(plan_cfg)["json"])

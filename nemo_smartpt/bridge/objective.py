@@ -1,0 +1,79 @@
+"""The training objective of a ``smartpt train`` run: next-token steps, then RLP steps, in one ``pretrain()``.
+
+:class:`SwitchingForwardStep` is the forward step Bridge calls. It reads ``state.train_state.step`` (optimizer steps
+done so far) and runs the next-token step until ``switch_at``, the RLP step after it — the paper's "continued
+pretraining with RLP" inside one run, so checkpoints, data stream and logs stay one. Evaluation always uses the
+next-token step (``model.training`` is False there), which keeps validation loss comparable across arms.
+"""
+
+from __future__ import annotations
+
+from nemo_smartpt.bridge.metrics import MetricsCallback
+from nemo_smartpt.bridge.ntp_step import LossBreakdown, make_ntp_forward_step
+
+
+class SwitchingForwardStep:
+    """Next-token forward step before ``switch_at`` optimizer steps, ``rlp_step`` from then on."""
+
+    def __init__(self, ntp_step, rlp_step=None, switch_at: int | None = None):
+        self.ntp_step = ntp_step
+        self.rlp_step = rlp_step
+        self.switch_at = switch_at
+
+    def uses_rlp(self, state, model) -> bool:
+        if self.rlp_step is None or self.switch_at is None:
+            return False
+        return model.training and state.train_state.step >= self.switch_at
+
+    def __call__(self, state, data_iterator, model, return_schedule_plan: bool = False):
+        step = self.rlp_step if self.uses_rlp(state, model) else self.ntp_step
+        return step(state, data_iterator, model)
+
+
+def phase_starts_of(plan: dict, arm: str, seq_length: int, global_batch_size: int) -> list[tuple[str, int]]:
+    """``[(phase name, first sample)]`` of the train stream, with the phased dataset's own boundary rounding."""
+    from nemo_smartpt.blend.phased_spec import phase_end_samples, phases_from_plan
+
+    if arm != "planned":
+        return [(arm, 0)]
+    phases = phases_from_plan(plan)
+    ends = phase_end_samples(phases, seq_length, global_batch_size)
+    return [(phase.name, start) for phase, start in zip(phases, [0, *ends[:-1]])]
+
+
+def build_objective(run):
+    """Forward step and callbacks for a :class:`~nemo_smartpt.bridge.train_cli.TrainRun`."""
+    from nemo_smartpt.blend.phased_build import load_plan
+    from nemo_smartpt.bridge.evaluate import eval_callback
+
+    plan = load_plan(run.plan_path)
+    arm = run.cfg.data.arm
+    starts = phase_starts_of(plan, arm, run.seq_length, run.global_batch_size)
+    breakdown = LossBreakdown([s["name"] for s in plan["sources"]], [name for name, _ in starts])
+    forward = SwitchingForwardStep(make_ntp_forward_step(breakdown))
+    callbacks = []
+    extra = []
+    if run.schedule["rlp_steps"]:
+        from nemo_smartpt.rlp.training import build_rlp_training
+
+        rlp_step, rlp_callbacks, rlp_metrics = build_rlp_training(run.cfg.rlp, run.tokenizer, str(run.out))
+        forward.rlp_step, forward.switch_at = rlp_step, run.schedule["ntp_steps"]
+        callbacks.extend(rlp_callbacks)
+        extra.append(rlp_metrics)
+    metrics = MetricsCallback(str(run.out), breakdown, starts, extra, tokens_per_sample=run.seq_length)
+    callbacks.insert(0, metrics.build())
+    tasks = eval_tasks(run)
+    if run.cfg.eval.enabled and tasks:
+        callbacks.append(eval_callback(tasks, run.tokenizer, str(run.out), run.seq_length))
+    return forward, callbacks
+
+
+def eval_tasks(run) -> dict[str, str]:
+    from pathlib import Path
+
+    if run.cfg.eval.tasks:
+        return {Path(p).stem: p for p in run.cfg.eval.tasks}
+    if run.cfg.data.catalog == "bundled":
+        raw = Path(run.cfg.data.bundled_dir) / "raw"
+        return {name: str(raw / f"eval_{name}.jsonl") for name in ("knowledge", "reasoning")}
+    return {}

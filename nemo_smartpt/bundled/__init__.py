@@ -1,0 +1,1 @@
+"""The bundled corpus: synthetic data the project generates (no downloads) for the demo, the study and tests."""
