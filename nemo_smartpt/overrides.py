@@ -122,21 +122,30 @@ def _has_key(cfg: DictConfig, key: str) -> bool:
     return True
 
 
-def describe(schema: type) -> str:
-    """A ``--help`` listing of a settings dataclass: each field with its type, default and docstring."""
+def field_docs(schema: type) -> dict[str, str]:
+    """Docstrings written under dataclass fields (Python keeps none at runtime, so read them from the source)."""
     import ast
     import inspect
 
     docs: dict[str, str] = {}
     try:
-        tree = ast.parse(inspect.getsource(schema))
-        body = tree.body[0].body
-        for node, after in zip(body, body[1:] + [None]):
-            if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-                if isinstance(after, ast.Expr) and isinstance(getattr(after, "value", None), ast.Constant):
-                    docs[node.target.id] = " ".join(str(after.value.value).split())
+        body = ast.parse(inspect.getsource(schema)).body[0].body
     except (OSError, TypeError, SyntaxError, IndexError):
-        pass
+        return docs
+    for node, after in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            if (
+                isinstance(after, ast.Expr)
+                and isinstance(after.value, ast.Constant)
+                and isinstance(after.value.value, str)
+            ):
+                docs[node.target.id] = " ".join(after.value.value.split())
+    return docs
+
+
+def describe(schema: type, prefix: str = "") -> str:
+    """A ``--help`` listing of a settings dataclass: each field with its type, default and docstring."""
+    docs = field_docs(schema)
     lines = [f"settings ({schema.__name__}):"]
     for f in dataclasses.fields(schema):
         if f.default is not dataclasses.MISSING:
@@ -146,7 +155,7 @@ def describe(schema: type) -> str:
         else:
             default = "(required)"
         type_name = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
-        lines.append(f"  {f.name}: {type_name} = {default}")
+        lines.append(f"  {prefix}{f.name}: {type_name} = {default}")
         if f.name in docs:
             lines.append(f"      {docs[f.name]}")
     return "\n".join(lines)

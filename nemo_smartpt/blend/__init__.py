@@ -34,9 +34,9 @@ from nemo_smartpt.blend.planner import (
     PlanError,
     ShareError,
     SourcePlan,
-    epoch_sweep,
     plan_blend,
 )
+from nemo_smartpt.blend.sweep import epoch_sweep
 
 __all__ = [
     "BudgetError",

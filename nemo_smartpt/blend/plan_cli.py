@@ -12,9 +12,6 @@ The sweep writes the normal plan in ``out`` and one plan per repeat count in ``o
 
 from __future__ import annotations
 
-import ast
-import dataclasses
-import inspect
 import json
 import os
 import sys
@@ -22,8 +19,9 @@ from dataclasses import dataclass, field
 
 from nemo_smartpt.blend.catalog import CatalogError, load_catalog
 from nemo_smartpt.blend.plan_io import PlanFileError, format_table, write_plan_outputs
-from nemo_smartpt.blend.planner import PhasePolicy, PlanError, default_phase_policies, epoch_sweep, plan_blend
-from nemo_smartpt.overrides import OverrideError, build_config
+from nemo_smartpt.blend.planner import PhasePolicy, PlanError, default_phase_policies, plan_blend
+from nemo_smartpt.blend.sweep import epoch_sweep
+from nemo_smartpt.overrides import OverrideError, build_config, describe
 
 
 @dataclass
@@ -58,34 +56,15 @@ class PlanConfig:
     """Do not print the table."""
 
 
-def field_docs(cls: type) -> dict[str, str]:
-    """Docstrings written under dataclass fields (Python keeps none at runtime, so read them from the source)."""
-    docs: dict[str, str] = {}
-    body = ast.parse(inspect.getsource(cls)).body[0].body
-    for node, nxt in zip(body, body[1:]):
-        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-            if isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str):
-                docs[node.target.id] = " ".join(nxt.value.value.split())
-    return docs
-
-
 def help_text() -> str:
-    lines = ["usage: smartpt plan catalog=PATH budget_tokens=N [out=DIR] [key=value ...]", "", "settings:"]
-    default = PlanConfig()
-    for cls, prefix, obj in ((PlanConfig, "", default), (SweepConfig, "sweep.", default.sweep)):
-        docs = field_docs(cls)
-        for f in dataclasses.fields(cls):
-            if f.name == "sweep":
-                continue
-            value = getattr(obj, f.name)
-            if f.name == "phases":
-                value = [dataclasses.asdict(p) for p in value]
-            lines.append(f"  {prefix}{f.name} = {value!r}")
-            lines.append(f"      {docs.get(f.name, '')}")
-    docs = field_docs(PhasePolicy)
-    lines += ["", "phase policy fields (phases.<i>.<field>):"]
-    lines += [f"  {f.name}: {docs.get(f.name, '')}" for f in dataclasses.fields(PhasePolicy)]
-    return "\n".join(lines)
+    return "\n\n".join(
+        [
+            "usage: smartpt plan catalog=PATH budget_tokens=N [out=DIR] [key=value ...]",
+            describe(PlanConfig),
+            describe(SweepConfig, "sweep."),
+            describe(PhasePolicy, "phases.<i>."),
+        ]
+    )
 
 
 def run(cfg: PlanConfig) -> dict[str, str]:

@@ -89,7 +89,13 @@ def test_sweep_writes_one_plan_per_count(tmp_path, catalog):
 def test_help_lists_fields_and_defaults(capsys):
     assert main(["plan", "--help"]) == 0
     text = capsys.readouterr().out
-    for needle in ("budget_tokens", "phase_boundaries = [0.6]", "sweep.epochs", "crawl_tiers", "emphasis_multiplier"):
+    for needle in (
+        "budget_tokens",
+        "phase_boundaries: list[float] = [0.6]",
+        "sweep.epochs",
+        "crawl_tiers",
+        "emphasis_multiplier",
+    ):
         assert needle in text
 
 

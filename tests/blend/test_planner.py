@@ -20,11 +20,11 @@ from nemo_smartpt.blend.planner import (
     PlanError,
     ShareError,
     default_phase_policies,
-    epoch_sweep,
     plan_blend,
     plan_matrix,
     source_rates,
 )
+from nemo_smartpt.blend.sweep import epoch_sweep
 
 TIERS = list(DEFAULT_TIERS)
 CATEGORIES = ["crawl", "crawl", "crawl", "math", "code", "wiki", "books"]
