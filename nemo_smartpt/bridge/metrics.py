@@ -76,8 +76,7 @@ class MetricsCallback:
     def _start(self, context) -> None:
         self._t0 = self._t_last = time.time()
         self._start_step = context.state.train_state.step
-        self._last_samples = context.state.train_state.consumed_train_samples
-        self._phase = self.phase_at(self._last_samples)
+        self._phase = self.phase_at(context.state.train_state.consumed_train_samples)
         if self._is_writer():
             self.path.parent.mkdir(parents=True, exist_ok=True)
 
@@ -86,9 +85,12 @@ class MetricsCallback:
 
         ts = context.state.train_state
         now = time.time()
-        # Bridge fires on_train_step_end before it increments train_state.step: ts.step + 1 steps are done.
+        # Bridge fires on_train_step_end before it advances train_state.step and consumed_train_samples: this step is
+        # number ts.step + 1 and its first sample is ts.consumed_train_samples.
         step = ts.step + 1
-        record: dict = {"step": step, "consumed_samples": ts.consumed_train_samples}
+        first_sample = ts.consumed_train_samples
+        samples = int(context.state.cfg.train.global_batch_size)
+        record: dict = {"step": step, "consumed_samples": first_sample + samples}
         for key, value in (context.loss_dict or {}).items():
             record[key.replace(" ", "_")] = float(value)
         if context.grad_norm is not None:
@@ -100,18 +102,17 @@ class MetricsCallback:
                 record.update(self.breakdown.reduced(parallel_state.get_data_parallel_group()))
             self.breakdown.reset()
         for source in self.extra:
-            record.update(source())
-        samples = ts.consumed_train_samples - self._last_samples
+            record.update({key.replace(" ", "_"): value for key, value in source().items()})
         dt = max(now - self._t_last, 1e-9)
         record["step_seconds"] = round(dt, 4)
         record["samples_per_second"] = samples / dt
         if self.tokens_per_sample:
             record["tokens_per_second"] = samples * self.tokens_per_sample / dt
         record["flops_so_far"] = float(ts.floating_point_operations_so_far)
-        phase = self.phase_at(ts.consumed_train_samples - samples)
+        phase = self.phase_at(first_sample)
         record["phase"] = phase
         switched = phase != self._phase and self._phase is not None
-        self._phase, self._t_last, self._last_samples = phase, now, ts.consumed_train_samples
+        self._phase, self._t_last = phase, now
         if not self._is_writer():
             return
         self.records.append(record)
@@ -133,6 +134,4 @@ class MetricsCallback:
             flush=True,
         )
         if switched:
-            print(
-                f"[smartpt] phase switch -> {phase} at step {step} (first sample {ts.consumed_train_samples - samples})"
-            )
+            print(f"[smartpt] phase switch -> {phase} at step {step} (first sample {first_sample})")

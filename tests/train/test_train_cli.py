@@ -1,0 +1,114 @@
+"""``smartpt train`` end to end on CPU: presets, the phase switch in the log, per-phase loss, resume, baselines.
+
+Each run is a real subprocess (``python -m nemo_smartpt train ...``): the bundled corpus is prepared into Megatron
+indexed datasets, planned, served by the phased dataset, and trained through Megatron-Bridge's ``pretrain()``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+TINY = ["model.seq_length=64", "train.global_batch_size=8", "train.micro_batch_size=4", "eval.enabled=false"]
+
+
+@pytest.fixture(scope="module")
+def bundled(tmp_path_factory):
+    from nemo_smartpt.bundled.build import ensure_bundled_catalog
+
+    directory = tmp_path_factory.mktemp("bundled")
+    ensure_bundled_catalog(directory)
+    return str(directory)
+
+
+def smartpt(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    return subprocess.run(
+        [sys.executable, "-m", "nemo_smartpt", "train", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_volta_switches_phase_at_the_planned_sample_and_logs_loss_per_phase(tmp_path, bundled):
+    run = tmp_path / "volta"
+    result = smartpt(
+        "+experiment=volta", f"out_dir={run}", f"data.bundled_dir={bundled}", "train.train_iters=20", *TINY
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    plan = json.loads((run / "plan" / "plan.json").read_text())
+    assert [p["name"] for p in plan["phases"]] == ["phase1", "phase2"]
+    assert "reasoning" not in {s["name"] for s in plan["sources"]}  # volta has no reasoning data
+    records = metrics(run)
+    assert [r["step"] for r in records] == list(range(1, 21))
+    # The phase each step logs (from the plan's boundary) is the phase its samples came from (from the dataset).
+    for record in records:
+        served = {k.split("/")[-1] for k in record if k.startswith("loss/phase/")}
+        assert served == {record["phase"]}, record
+    switch = next(r["step"] for r in records if r["phase"] == "phase2")
+    boundary_tokens = plan["phases"][0]["end_token"]
+    expected_first_sample = round(round(boundary_tokens / 64) / 8) * 8
+    assert (switch - 1) * 8 == expected_first_sample
+    assert f"phase switch -> phase2 at step {switch}" in result.stdout
+    assert any(k.startswith("loss/source/") for k in records[-1])
+    assert records[-1]["lm_loss"] < records[0]["lm_loss"]
+
+
+def test_resume_with_the_same_command_continues_the_same_stream(tmp_path, bundled):
+    common = [
+        f"data.bundled_dir={bundled}",
+        "+experiment=ampere",
+        "train.train_iters=12",
+        "checkpoint.save_interval=6",
+    ]
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    assert smartpt(f"out_dir={full}", *common, *TINY).returncode == 0
+    first = smartpt(f"out_dir={cut}", *common, *TINY, "train.exit_interval=6")
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert (cut / "checkpoints" / "iter_0000006").is_dir()
+    second = smartpt(f"out_dir={cut}", *common, *TINY)  # the same command again
+    assert second.returncode == 0, second.stderr[-3000:]
+    by_step_full = {r["step"]: r["lm_loss"] for r in metrics(full)}
+    resumed = [r for r in metrics(cut) if r["step"] > 6]
+    assert [r["step"] for r in resumed] == list(range(7, 13))
+    for record in resumed:
+        assert record["lm_loss"] == by_step_full[record["step"]], record["step"]
+
+
+def test_presets_and_bridge_overrides_resolve(bundled):
+    result = smartpt("+experiment=pascal", "train.train_iters=7", f"data.bundled_dir={bundled}", "--cfg", "job")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "experiment: pascal" in result.stdout and "arm: natural" in result.stdout
+    assert "reasoning: false" in result.stdout
+    assert "train_iters: 7" in result.stdout
+
+
+def test_flop_matched_baseline_trains_more_next_token_steps_than_rlp_steps(bundled):
+    args = ["+experiment=hopper", "schedule.rlp_steps=3", "train.train_iters=10", f"data.bundled_dir={bundled}"]
+    token = smartpt(*args, "schedule.rlp_baseline=token_matched", "--cfg", "job")
+    flop = smartpt(*args, "schedule.rlp_baseline=flop_matched", "--cfg", "job")
+    assert token.returncode == 0 and flop.returncode == 0, flop.stderr[-2000:]
+    schedule = lambda out: json.loads(out.split("# schedule\n")[1].split("\n\n")[0])  # noqa: E731
+    token_s, flop_s = schedule(token.stdout), schedule(flop.stdout)
+    assert token_s == {**token_s, "ntp_steps": 7, "rlp_steps": 0, "matched_ntp_steps": 3, "total_steps": 10}
+    assert flop_s["rlp_steps"] == 0 and flop_s["matched_ntp_steps"] > 3
+
+
+def test_unknown_keys_fail_with_the_parsers_message():
+    ours = smartpt("data.no_such=1")
+    assert ours.returncode == 2 and "unknown key 'data.no_such'" in ours.stderr
+    theirs = smartpt("train.no_such_field=1", "--cfg", "job")
+    assert theirs.returncode == 2 and "no_such_field" in theirs.stderr
