@@ -22,7 +22,8 @@ def resolve_catalog(cfg) -> Path:
 
 
 def run_catalog(cfg, out: Path) -> Path:
-    """Write ``out/catalog.yaml``: the chosen catalog with absolute prefixes, minus reasoning sources if asked."""
+    """Write ``out/catalog.yaml``: the chosen catalog with absolute prefixes, minus reasoning sources if asked, and
+    the reasoning share and phases overridden if asked."""
     source = resolve_catalog(cfg)
     tree = yaml.safe_load(source.read_text()) or {}
     base = source.resolve().parent
@@ -35,6 +36,11 @@ def run_catalog(cfg, out: Path) -> Path:
         if not cfg.data.reasoning and entry.get("category") == "reasoning":
             continue
         entry = dict(entry)
+        if entry.get("category") == "reasoning":
+            if cfg.data.reasoning_share is not None:
+                entry["target_share"] = cfg.data.reasoning_share
+            if cfg.data.reasoning_phases is not None:
+                entry["phases"] = list(cfg.data.reasoning_phases)
         prefix = entry.get("prefix")
         entry["prefix"] = [absolute(p) for p in prefix] if isinstance(prefix, list) else absolute(prefix)
         sources.append(entry)

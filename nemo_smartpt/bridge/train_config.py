@@ -41,6 +41,10 @@ class DataConfig:
     """``planned`` (the phases), ``natural`` (weight proportional to tokens) or ``random_order`` (BASE-RO)."""
     reasoning: bool = True
     """Keep the catalog's ``reasoning`` sources; False gives the no-reasoning base."""
+    reasoning_share: float | None = None
+    """Override the reasoning sources' ``target_share`` (0.2 = the paper's 80/20; 0.1 and 0.4 its ablation)."""
+    reasoning_phases: list[str] | None = None
+    """Override the phases reasoning goes into (``[phase2]``, ``[phase1]``, ``[phase1,phase2]``)."""
     phase_boundaries: list[float] = field(default_factory=lambda: [0.6])
     """Fractions of the next-token budget where phases start (``[0.6]``: 60% / 40%)."""
     tokenizer: str = "byte"
