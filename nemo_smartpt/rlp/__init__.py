@@ -18,6 +18,11 @@ the gradient (``RLPConfig.baseline_affects_gradient``); only cross-group estimat
 
 Modules: ``config`` (defaults), ``objective`` (eq. 5/7/8 and metrics), ``positions`` (targets in packed samples),
 ``prompt`` (thought prompt, token layouts), ``ema`` (weight EMA), ``flops`` (FLOP accounting, NTP-equivalent tokens).
+
+Megatron-facing modules (import them explicitly; megatron is imported lazily inside): ``megatron_logprobs``
+(vocab-parallel log-probs under TP), ``rollout`` (shared-prefix KV-cache sampler over the live model), ``prepare``
+(positions → rollouts → scoring rows → S_ema, per micro-batch), ``step`` (the Megatron forward step and loss; runs
+under TP and PP), ``callbacks`` (Bridge ``pretrain()`` wiring: ``build_rlp_training``, EMA lifecycle, metrics).
 """
 
 from nemo_smartpt.rlp.config import RLPConfig, RLPConfigError

@@ -1,0 +1,274 @@
+"""Preparation of an RLP micro-batch: positions → rollouts → scoring sequences → baseline (arXiv 2510.01265).
+
+This is the part of a step that needs generation, so it runs where the whole model sits on one rank (PP = 1; any
+TP). It turns packed pretraining tokens into a *prepared batch*: a dict of tensors that the training forward step
+(:mod:`nemo_smartpt.rlp.step`) consumes without further model calls, which is why that forward step runs under any
+TP/PP schedule::
+
+    tokens [b, S] ──sample_target_positions──▶ B positions (x_<t, x_t)
+        ──KVCacheSampler (prefill once per group, G samples)──▶ B·G thoughts
+        ──build_scoring_group / stack_groups──▶ rows ``P x_<t <think> c_i </think> x_t`` (a group's G rows adjacent)
+        ──score_next_tokens with φ swapped in (one row per position)──▶ S_ema [B]
+
+Prepared keys (N = B·G scoring rows, then M optional next-token rows; L = padded length):
+``input_ids_NL``, ``labels_NL``, ``position_ids_NL``, ``thought_mask_NL`` (policy-generated thought tokens),
+``predict_index_N`` (where the label is x_t), ``valid_N``, ``truncated_N``, ``thought_len_N``, ``s_ema_B`` (zeros when
+not computed this step), ``has_s_ema``, ``num_groups``, ``ntp_loss_mask_NL`` (the mixed objective's rows; all zero
+when ``ntp_loss_weight = 0``), ``rollout_logp_NL`` (the sampler's log-probs on thought tokens, for a mismatch metric).
+
+logp_old. With one optimizer update per batch (the paper's setting), π_θold = π_θ at the training forward, so the loss
+uses ``logp.detach()`` of that same forward as logp_old (ratio exactly 1, clipping inert, no extra forward). The
+sampler's own log-probs travel in ``rollout_logp_NL`` and are only reported (``rlp rollout logp abs diff``): they differ
+from the training forward by numerics (KV cache vs full forward, bf16 kernels), which is worth watching, not training on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import torch
+
+from nemo_smartpt.rlp.config import RLPConfig
+from nemo_smartpt.rlp.ema import ParamEMA
+from nemo_smartpt.rlp.megatron_logprobs import score_next_tokens
+from nemo_smartpt.rlp.positions import gather_context, sample_target_positions
+from nemo_smartpt.rlp.prompt import (
+    ThoughtLayout,
+    build_baseline_sequence,
+    build_scoring_group,
+    rollout_prompt_ids,
+    stack_groups,
+)
+from nemo_smartpt.rlp.rollout import KVCacheSampler, RolloutCounters, generation_mode
+
+
+class RLPSequenceLengthError(ValueError):
+    """A scoring sequence would exceed the model's learned position table."""
+
+
+@dataclasses.dataclass
+class PrepStats:
+    """What preparation did in one optimizer step (summed over its micro-batches); metrics read it."""
+
+    documents: int = 0
+    input_tokens: int = 0
+    """Packed-sample tokens consumed (the paper's T_inp)."""
+    skipped_documents: int = 0
+    positions: int = 0
+    rollout_prompt_tokens: int = 0
+    generated_tokens: int = 0
+    scoring_tokens: int = 0
+    """Real (unpadded) tokens of the scoring rows: what the training forward+backward processes."""
+    baseline_tokens: int = 0
+    ntp_tokens: int = 0
+    generation_s: float = 0.0
+    baseline_s: float = 0.0
+    baseline_forwards: int = 0
+
+
+def step_generator(seed: int, step: int, dp_rank: int, microbatch: int, device=None) -> torch.Generator:
+    """The RNG of one micro-batch: a function of (seed, step, data-parallel rank, micro-batch) only, so TP ranks of one
+    DP replica draw the same positions and tokens, and a rerun reproduces them."""
+    mixed = (seed * 1_000_003 + step * 65_537 + dp_rank * 4_099 + microbatch * 131) % (2**62)
+    device = torch.device(device or "cpu")
+    return torch.Generator(device=device).manual_seed(mixed)
+
+
+class RLPPreparer:
+    """Builds prepared batches from packed tokens with the live model.
+
+    Args:
+        cfg: the validated RLP config.
+        layout: token ids of the prompt, ``<think>``, ``</think>``, padding, truncation policy.
+        eod_id: end-of-document id separating packed documents.
+        ema: the baseline weights φ (``baseline=ema``); ignored otherwise.
+        counters: rollout counters (shared with metrics).
+    """
+
+    def __init__(
+        self,
+        cfg: RLPConfig,
+        layout: ThoughtLayout,
+        eod_id: int,
+        ema: ParamEMA | None = None,
+        counters: RolloutCounters | None = None,
+    ):
+        self.cfg = cfg
+        self.layout = layout
+        self.eod_id = eod_id
+        self.ema = ema
+        self.counters = counters if counters is not None else RolloutCounters()
+        self.sampler = KVCacheSampler(
+            max_new_tokens=cfg.max_thought_tokens,
+            stop_ids=layout.think_close_ids,
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            counters=self.counters,
+        )
+        self.stats = PrepStats()
+
+    def _check_length(self, gpt) -> None:
+        if getattr(gpt, "position_embedding_type", None) != "learned_absolute":
+            return
+        longest = (
+            len(self.layout.prompt_ids)
+            + self.cfg.max_context
+            + len(self.layout.think_open_ids)
+            + self.cfg.max_thought_tokens
+            + len(self.layout.think_close_ids)
+        )
+        if longest > gpt.max_sequence_length:
+            raise RLPSequenceLengthError(
+                f"a scoring row can hold {longest} tokens (prompt {len(self.layout.prompt_ids)} + max_context "
+                f"{self.cfg.max_context} + thought {self.cfg.max_thought_tokens} + tags) but the model's learned "
+                f"position table has {gpt.max_sequence_length}; lower rlp.max_context / rlp.max_thought_tokens or "
+                "use rotary positions"
+            )
+
+    def prepare(
+        self,
+        tokens_bS: torch.Tensor,
+        model,
+        step: int,
+        microbatch: int = 0,
+        dp_rank: int = 0,
+        ntp_labels_bS: torch.Tensor | None = None,
+        ntp_loss_mask_bS: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Prepare one micro-batch of packed samples ``tokens_bS`` (``[b, S]``) at optimizer step ``step``.
+
+        ``ntp_labels_bS`` / ``ntp_loss_mask_bS`` add the documents as next-token rows when ``ntp_loss_weight > 0``.
+        """
+        cfg, layout = self.cfg, self.layout
+        tokens_bS = tokens_bS.detach().cpu()
+        gen = step_generator(cfg.seed, step, dp_rank, microbatch)
+        sample = sample_target_positions(
+            tokens_bS, self.eod_id, cfg.positions_per_document, cfg.min_context, cfg.max_context, gen
+        )
+        self.stats.documents += sample.num_documents
+        self.stats.input_tokens += tokens_bS.numel()
+        self.stats.skipped_documents += sample.num_skipped
+        if not sample.positions:
+            raise RLPNoPositionsError(
+                f"no document of this micro-batch ({sample.num_documents} documents) has more than "
+                f"rlp.min_context={cfg.min_context} tokens; lower min_context or use longer sequences"
+            )
+        contexts = [gather_context(tokens_bS, p) for p in sample.positions]
+        prompts = [rollout_prompt_ids(layout, ctx) for ctx, _ in contexts]
+
+        t0 = time.perf_counter()
+        baseline_B = None
+        with generation_mode(model) as gpt:
+            self._check_length(gpt)
+            device = gpt.embedding.word_embeddings.weight.device
+            # Positions were drawn on the CPU generator; sampling draws on the logits' device (multinomial needs a
+            # generator there), seeded from the same (seed, step, rank, micro-batch) key.
+            sample_gen = step_generator(cfg.seed + 1, step, dp_rank, microbatch, device)
+            groups = [self.sampler.generate(gpt, p, cfg.num_rollouts, sample_gen) for p in prompts]
+            t1 = time.perf_counter()
+            if cfg.computes_baseline_at(step):
+                baseline_B = self._baseline(gpt, contexts, device)
+        self.stats.generation_s += t1 - t0
+        self.stats.baseline_s += time.perf_counter() - t1
+
+        scoring = [
+            build_scoring_group(layout, ctx, g.thoughts, target, cfg.max_thought_tokens)
+            for (ctx, target), g in zip(contexts, groups)
+        ]
+        stacked = stack_groups(scoring, pad_id=layout.pad_id)
+        B, G, L = stacked["input_ids_BGL"].shape
+        rollout_logp_BGL = torch.zeros(B, G, L)
+        for b, (sg, g) in enumerate(zip(scoring, groups)):
+            start = sg.prefix_len - 1  # the label of input position prefix_len − 1 is the first thought token
+            for i, lps in enumerate(g.logprobs):
+                n = int(sg.thought_len_G[i])
+                rollout_logp_BGL[b, i, start : start + n] = torch.tensor(lps[:n])
+
+        batch = {
+            "input_ids_NL": stacked["input_ids_BGL"].reshape(B * G, L),
+            "labels_NL": stacked["labels_BGL"].reshape(B * G, L),
+            "thought_mask_NL": stacked["thought_mask_BGL"].reshape(B * G, L),
+            "rollout_logp_NL": rollout_logp_BGL.reshape(B * G, L),
+            "predict_index_N": stacked["predict_index_BG"].reshape(B * G),
+            "valid_N": stacked["valid_BG"].reshape(B * G),
+            "truncated_N": stacked["truncated_BG"].reshape(B * G),
+            "thought_len_N": stacked["thought_len_BG"].reshape(B * G),
+            "s_ema_B": torch.zeros(B) if baseline_B is None else baseline_B.float().cpu(),
+            "has_s_ema": torch.tensor(baseline_B is not None),
+            "num_groups": torch.tensor(B),
+        }
+        batch["ntp_loss_mask_NL"] = torch.zeros(B * G, L)
+        if cfg.ntp_loss_weight > 0:
+            if ntp_labels_bS is None:
+                raise ValueError("ntp_loss_weight > 0 needs the documents' labels (ntp_labels_bS)")
+            batch = append_ntp_rows(batch, tokens_bS, ntp_labels_bS.cpu(), ntp_loss_mask_bS, layout.pad_id)
+            self.stats.ntp_tokens += int(batch["ntp_loss_mask_NL"].sum())
+        batch["position_ids_NL"] = torch.arange(batch["input_ids_NL"].shape[1]).expand_as(batch["input_ids_NL"])
+
+        self.stats.positions += B
+        self.stats.rollout_prompt_tokens += sum(len(p) for p in prompts)
+        self.stats.generated_tokens += int(stacked["thought_len_BG"].sum())
+        self.stats.scoring_tokens += int(stacked["attention_mask_BGL"].sum())
+        return {k: v.to(device) for k, v in batch.items()}
+
+    def _baseline(self, gpt, contexts, device) -> torch.Tensor:
+        """S_ema = log p_φ(x_t | [P] x_<t) for every position: one row per position (not per rollout)."""
+        seqs = [build_baseline_sequence(self.layout, ctx, target) for ctx, target in contexts]
+        ids = [s.input_ids for s in seqs]
+        idx = [s.predict_index for s in seqs]
+        tgt = [s.labels[s.predict_index] for s in seqs]
+        self.stats.baseline_tokens += sum(len(r) for r in ids)
+        self.stats.baseline_forwards += 1
+        if self.cfg.baseline == "ema":
+            if self.ema is None:
+                raise ValueError("rlp.baseline=ema needs a ParamEMA")
+            with self.ema.swapped_in(list(gpt.parameters())):
+                return score_next_tokens(gpt, ids, idx, tgt, self.layout.pad_id, device)
+        return score_next_tokens(gpt, ids, idx, tgt, self.layout.pad_id, device)
+
+
+class RLPNoPositionsError(RuntimeError):
+    """A micro-batch holds no document long enough to draw a target position."""
+
+
+def append_ntp_rows(
+    batch: dict[str, torch.Tensor],
+    tokens_bS: torch.Tensor,
+    labels_bS: torch.Tensor,
+    loss_mask_bS: torch.Tensor | None,
+    pad_id: int,
+) -> dict[str, torch.Tensor]:
+    """Add the packed documents as extra rows for the mixed objective λ·NTP (same forward, after the B·G rows)."""
+    N, L = batch["input_ids_NL"].shape
+    b, S = tokens_bS.shape
+    L2 = max(L, S)
+
+    def pad(t: torch.Tensor, value) -> torch.Tensor:
+        return torch.nn.functional.pad(t, (0, L2 - t.shape[1]), value=value)
+
+    mask_bS = torch.ones(b, S) if loss_mask_bS is None else loss_mask_bS.float().cpu()
+    out = dict(batch)
+    for key, extra, value in (
+        ("input_ids_NL", tokens_bS, pad_id),
+        ("labels_NL", labels_bS, pad_id),
+        ("thought_mask_NL", torch.zeros(b, S, dtype=torch.bool), False),
+        ("rollout_logp_NL", torch.zeros(b, S), 0.0),
+        ("ntp_loss_mask_NL", mask_bS, 0.0),
+    ):
+        out[key] = torch.cat([pad(batch[key], value), pad(extra.to(batch[key].dtype), value)])
+    return out
+
+
+def pad_prepared_length(batch: dict[str, torch.Tensor], length: int, pad_id: int = 0) -> dict[str, torch.Tensor]:
+    """Right-pad every ``*_NL`` tensor of a prepared batch to ``length`` (PP needs one fixed micro-batch shape)."""
+    L = batch["input_ids_NL"].shape[1]
+    if length < L:
+        raise ValueError(f"cannot pad a prepared batch of length {L} down to {length}")
+    out = dict(batch)
+    for key, value in batch.items():
+        if key.endswith("_NL"):
+            fill = pad_id if key in ("input_ids_NL", "labels_NL") else 0
+            out[key] = torch.nn.functional.pad(value, (0, length - L), value=fill)
+    out["position_ids_NL"] = torch.arange(length, device=batch["input_ids_NL"].device).expand_as(out["input_ids_NL"])
+    return out

@@ -1,0 +1,252 @@
+"""Thought rollouts from the live training model with a shared-prefix KV cache (arXiv 2510.01265, step 1).
+
+For one target position the G thoughts share the prompt ``P x_<t <think>``. :class:`KVCacheSampler` encodes that
+prompt ONCE (a batch-1 prefill through megatron-core's ``StaticInferenceContext``), copies the cached keys/values of
+batch slot 0 into slots 1..G−1, and then decodes the G thoughts together, one token per forward, each forward
+appending to the cache. Cost per group: one prefill of P tokens + (R − 1) decode forwards of G tokens, instead of
+G·(P + R) tokens for re-encoding (``generate_no_cache``, the reference and the benchmark's naive arm).
+
+- The model is the training module itself (no weight copy). :func:`generation_mode` switches it to eval mode under
+  ``torch.no_grad()`` and, for a Megatron DDP with overlapped parameter all-gather, disables the forward pre-hooks with
+  a forced parameter sync first (as megatron's own RL code does), restoring everything afterwards.
+- Tensor parallelism: the decode forward gathers the logits (``runtime_gather_output=True``; fine for sampling, the
+  training loss never gathers). Every TP rank then holds identical logits and draws from a generator with the same
+  seed, so all TP ranks sample the same tokens without a broadcast.
+- Pipeline parallelism: generation needs the whole model on one rank (PP = 1) and raises
+  :class:`~nemo_smartpt.rlp.megatron_logprobs.RLPPipelineError` otherwise. A stage-to-stage decode (p2p of the
+  ``[1, G, H]`` hidden state per token) is left for later; the training forward and loss run under PP.
+- Determinism: draws come only from the ``torch.Generator`` passed in (the step seeds it from (seed, step,
+  data-parallel rank, micro-batch)), so a run is reproducible per seed and rank.
+
+Thoughts stop at ``</think>`` (possibly several tokens) or at ``max_new_tokens``; tokens after a row's stop are never
+returned. The per-token sampling log-probs (of softmax(z / T), before any top-p truncation) are returned too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Iterator, Sequence
+
+import torch
+
+from nemo_smartpt.rlp.megatron_logprobs import causal_mask, require_single_stage
+
+
+@dataclasses.dataclass
+class RolloutCounters:
+    """Work done by a sampler; the step reads and resets it per optimizer step."""
+
+    groups: int = 0
+    """Groups (target positions) generated."""
+    prefills: int = 0
+    """Prefill forwards of a rollout prompt (KV-cache sampler: exactly one per group)."""
+    prefill_tokens: int = 0
+    decode_forwards: int = 0
+    """Forwards of one new token per row over the cache."""
+    full_forwards: int = 0
+    """Forwards that re-encode whole sequences (the no-cache sampler)."""
+    forward_tokens: int = 0
+    """Token positions pushed through the model, all forwards together."""
+    generated_tokens: int = 0
+    """Tokens returned in thoughts (after stopping)."""
+
+    def reset(self) -> None:
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, 0)
+
+
+@dataclasses.dataclass
+class RolloutGroup:
+    """The G thoughts of one prompt."""
+
+    thoughts: list[list[int]]
+    """Generated ids per sample, ending at the first ``</think>`` (kept) or at the length limit."""
+    logprobs: list[list[float]]
+    """log softmax(z / T) of each returned token under the rollout forward."""
+
+
+@contextlib.contextmanager
+def generation_mode(model) -> Iterator[torch.nn.Module]:
+    """Eval mode + no grad on the live model; DDP forward pre-hooks off (params force-synced) while inside.
+
+    Yields the unwrapped ``GPTModel`` (single pipeline stage required).
+    """
+    chunks = model if isinstance(model, (list, tuple)) else [model]
+    gpt = require_single_stage(model)
+    ddp_with_hooks = [m for m in chunks if getattr(m, "use_forward_hook", False)]
+    for m in ddp_with_hooks:
+        # Parameters may still be mid all-gather (overlap_param_gather); the sync makes them whole before we read.
+        m.disable_forward_pre_hook(param_sync=True)
+    was_training = gpt.training
+    gpt.eval()
+    try:
+        with torch.no_grad():
+            yield gpt
+    finally:
+        gpt.train(was_training)
+        for m in ddp_with_hooks:
+            m.enable_forward_pre_hook()
+
+
+def sample_tokens(
+    logits_NV: torch.Tensor,
+    temperature: float,
+    top_p: float = 1.0,
+    greedy: bool = False,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draw one token per row from softmax(z / T) (optionally nucleus-truncated); greedy takes the argmax.
+
+    Returns:
+        ``(tokens_N, logprob_N)``: the ids and their log-probs under softmax(z / T) (untruncated).
+    """
+    logp_NV = torch.log_softmax(logits_NV.float() / temperature, dim=-1)
+    if greedy:
+        tokens_N = logp_NV.argmax(dim=-1)
+    else:
+        probs_NV = logp_NV.exp()
+        if top_p < 1.0:
+            sorted_p, order = probs_NV.sort(dim=-1, descending=True)
+            # Keep the smallest prefix whose mass reaches top_p (the first token always stays).
+            drop = sorted_p.cumsum(dim=-1) - sorted_p >= top_p
+            sorted_p = sorted_p.masked_fill(drop, 0.0)
+            probs_NV = torch.zeros_like(probs_NV).scatter(-1, order, sorted_p)
+        tokens_N = torch.multinomial(probs_NV, 1, generator=generator)[:, 0]
+    return tokens_N, logp_NV.gather(-1, tokens_N[:, None])[:, 0]
+
+
+def _ends_with(row: list[int], stop: tuple[int, ...]) -> bool:
+    return len(row) >= len(stop) and tuple(row[-len(stop) :]) == stop
+
+
+class _Rows:
+    """Per-row outputs and stop bookkeeping shared by both samplers."""
+
+    def __init__(self, num_rows: int, stop_ids: tuple[int, ...]):
+        self.stop_ids = stop_ids
+        self.tokens: list[list[int]] = [[] for _ in range(num_rows)]
+        self.logps: list[list[float]] = [[] for _ in range(num_rows)]
+        self.done = [False] * num_rows
+
+    def append(self, tokens_N: torch.Tensor, logp_N: torch.Tensor) -> None:
+        for i, (tok, lp) in enumerate(zip(tokens_N.tolist(), logp_N.tolist())):
+            if self.done[i]:
+                continue
+            self.tokens[i].append(tok)
+            self.logps[i].append(lp)
+            self.done[i] = _ends_with(self.tokens[i], self.stop_ids)
+
+    @property
+    def all_done(self) -> bool:
+        return all(self.done)
+
+    def result(self, counters: RolloutCounters) -> RolloutGroup:
+        counters.groups += 1
+        counters.generated_tokens += sum(len(t) for t in self.tokens)
+        return RolloutGroup(thoughts=self.tokens, logprobs=self.logps)
+
+
+class KVCacheSampler:
+    """G samples per prompt from one prefill and a shared KV cache (megatron-core ``StaticInferenceContext``).
+
+    Args:
+        max_new_tokens: thought length limit L (``</think>`` included).
+        stop_ids: the ``</think>`` token ids.
+        temperature: sampling temperature (0.7 in the paper).
+        top_p: nucleus threshold (1.0: off).
+        greedy: argmax decoding (tests).
+        counters: where prefills/decodes are counted (a fresh one if None).
+    """
+
+    def __init__(
+        self,
+        max_new_tokens: int,
+        stop_ids: Sequence[int],
+        temperature: float = 0.7,
+        top_p: float = 1.0,
+        greedy: bool = False,
+        counters: RolloutCounters | None = None,
+    ):
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        if not stop_ids:
+            raise ValueError("stop_ids must be non-empty")
+        self.max_new_tokens = max_new_tokens
+        self.stop_ids = tuple(int(t) for t in stop_ids)
+        self.temperature = temperature
+        self.top_p = top_p
+        self.greedy = greedy
+        self.counters = counters if counters is not None else RolloutCounters()
+
+    def _sample(self, logits_NV, generator):
+        return sample_tokens(logits_NV, self.temperature, self.top_p, self.greedy, generator)
+
+    def generate(
+        self, gpt, prompt_ids: Sequence[int], num_samples: int, generator: torch.Generator | None = None
+    ) -> RolloutGroup:
+        """Sample ``num_samples`` continuations of ``prompt_ids``; ``gpt`` is the model inside :func:`generation_mode`."""
+        from megatron.core.inference.contexts import StaticInferenceContext
+
+        G, P = num_samples, len(prompt_ids)
+        device = gpt.embedding.word_embeddings.weight.device
+        ctx = StaticInferenceContext(max_batch_size=G, max_sequence_length=P + self.max_new_tokens)
+        ids_1P = torch.as_tensor([list(prompt_ids)], dtype=torch.long, device=device)
+        pos_1P = torch.arange(P, device=device)[None]
+        logits = gpt(ids_1P, pos_1P, causal_mask(P, device), inference_context=ctx, runtime_gather_output=True)
+        self.counters.prefills += 1
+        self.counters.prefill_tokens += P
+        self.counters.forward_tokens += P
+        # Share the prefix: every layer cached [max_seq, G, groups, dim] but only slot 0 was written by the prefill.
+        for key_mem, value_mem in ctx.key_value_memory_dict.values():
+            key_mem[:P, 1:G] = key_mem[:P, :1]
+            value_mem[:P, 1:G] = value_mem[:P, :1]
+        ctx.increment_sequence_len_offset(P)
+        ctx.enable_decode_mode()
+
+        rows = _Rows(G, self.stop_ids)
+        rows.append(*self._sample(logits[:, -1].expand(G, -1), generator))
+        for k in range(1, self.max_new_tokens):
+            if rows.all_done:
+                break
+            last_G1 = torch.as_tensor([[t[-1]] for t in rows.tokens], dtype=torch.long, device=device)
+            pos_G1 = torch.full((G, 1), P + k - 1, dtype=torch.long, device=device)
+            logits = gpt(last_G1, pos_G1, None, inference_context=ctx, runtime_gather_output=True)
+            ctx.increment_sequence_len_offset(1)
+            self.counters.decode_forwards += 1
+            self.counters.forward_tokens += G
+            rows.append(*self._sample(logits[:, -1], generator))
+        return rows.result(self.counters)
+
+    def generate_groups(
+        self, model, prompts: Sequence[Sequence[int]], num_samples: int, generator: torch.Generator | None = None
+    ) -> list[RolloutGroup]:
+        """One group per prompt, from the live (possibly wrapped) training model."""
+        with generation_mode(model) as gpt:
+            return [self.generate(gpt, p, num_samples, generator) for p in prompts]
+
+
+class NoCacheSampler(KVCacheSampler):
+    """The naive reference: every step re-encodes all G full sequences (prompt + thought so far), no cache.
+
+    Same sampling rule and RNG use as :class:`KVCacheSampler`, so greedy decoding must agree token for token.
+    """
+
+    def generate(self, gpt, prompt_ids, num_samples, generator=None) -> RolloutGroup:
+        G, P = num_samples, len(prompt_ids)
+        device = gpt.embedding.word_embeddings.weight.device
+        rows = _Rows(G, self.stop_ids)
+        for k in range(self.max_new_tokens):
+            if rows.all_done:
+                break
+            # Finished rows are padded with their stop token: their outputs are ignored, the batch stays rectangular.
+            fill = self.stop_ids[-1]
+            seq_GS = torch.as_tensor(
+                [list(prompt_ids) + t + [fill] * (k - len(t)) for t in rows.tokens], dtype=torch.long, device=device
+            )
+            S = P + k
+            logits = gpt(seq_GS, torch.arange(S, device=device).expand(G, S), causal_mask(S, device))
+            self.counters.full_forwards += 1
+            self.counters.forward_tokens += G * S
+            rows.append(*self._sample(logits[:, -1], generator))
+        return rows.result(self.counters)
