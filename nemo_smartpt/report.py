@@ -97,11 +97,12 @@ def write_report(run_dir: str | Path, title: str, about_data: str, extra_section
             _series(records, "loss/phase/"), "next-token loss by phase", "loss", run / "loss_by_phase.png", switch
         ):
             lines += ["![loss by phase](loss_by_phase.png)", ""]
-        rlp = {k: v for k, v in _series(records, "rlp_").items() if k in ("reward_mean", "thought_length")}
-        if rlp:
-            _plot(rlp, "RLP: mean reward (info gain, nats) and thought length (tokens)", "value", run / "rlp.png")
+        rlp = _series(records, "rlp_")
+        if "reward_mean" in rlp:
+            _plot({"reward mean": rlp["reward_mean"]}, "RLP reward (information gain)", "nats", run / "rlp_reward.png")
+            _plot({"thought length": rlp["thought_length"]}, "RLP thought length", "tokens", run / "rlp_thought.png")
             rlp_rows = [r for r in records if "rlp_reward_mean" in r]
-            lines += ["## RLP", "", "![rlp](rlp.png)", ""]
+            lines += ["## RLP", "", "![rlp reward](rlp_reward.png) ![rlp thought length](rlp_thought.png)", ""]
             lines += [
                 "| step | reward mean | positive gain | thought length | truncation | clip frac |",
                 "|---|---|---|---|---|---|",
@@ -109,7 +110,7 @@ def write_report(run_dir: str | Path, title: str, about_data: str, extra_section
             for r in rlp_rows:
                 lines.append(
                     f"| {r['step']} | {r.get('rlp_reward_mean', float('nan')):.4f} | "
-                    f"{r.get('rlp_positive_fraction', float('nan')):.2f} | {r.get('rlp_thought_length', float('nan')):.1f} | "
+                    f"{r.get('rlp_positive_gain_fraction', float('nan')):.2f} | {r.get('rlp_thought_length', float('nan')):.1f} | "
                     f"{r.get('rlp_truncation_rate', float('nan')):.2f} | {r.get('rlp_clip_fraction', float('nan')):.3f} |"
                 )
             lines.append("")

@@ -54,18 +54,66 @@ def build_objective(run):
     callbacks = []
     extra = []
     if run.schedule["rlp_steps"]:
-        from nemo_smartpt.rlp.training import build_rlp_training
+        from nemo_smartpt.rlp.callbacks import build_rlp_training, layout_from_tokenizer
 
-        rlp_step, rlp_callbacks, rlp_metrics = build_rlp_training(run.cfg.rlp, run.tokenizer, str(run.out))
+        tokenizer = run.tokenizer
+        layout = layout_from_tokenizer(
+            run.cfg.rlp, lambda text: tokenizer.encode_batch([text])[0], pad_id=tokenizer.eod
+        )
+        rlp_step, rlp_callbacks = build_rlp_training(run.cfg.rlp, layout, eod_id=tokenizer.eod, run_dir=None)
         forward.rlp_step, forward.switch_at = rlp_step, run.schedule["ntp_steps"]
-        callbacks.extend(rlp_callbacks)
-        extra.append(rlp_metrics)
+        rlp_run = rlp_callbacks[0].run
+        callbacks.extend(RLPPhaseGate(cb, forward.switch_at).build() for cb in rlp_callbacks)
+        extra.append(lambda: rlp_run.last_metrics if getattr(rlp_run, "last_fresh", False) else {})
     metrics = MetricsCallback(str(run.out), breakdown, starts, extra, tokens_per_sample=run.seq_length)
-    callbacks.insert(0, metrics.build())
+    callbacks.append(metrics.build())  # last: it reads what the other callbacks computed for this step
     tasks = eval_tasks(run)
     if run.cfg.eval.enabled and tasks:
         callbacks.append(eval_callback(tasks, run.tokenizer, str(run.out), run.seq_length))
     return forward, callbacks
+
+
+class RLPPhaseGate:
+    """Runs the RLP callback only from the first RLP step on, and starts the EMA there (φ = θ, as the paper does).
+
+    The wrapped callback owns EMA updates, RLP metrics and the EMA checkpoint side file; before ``switch_at`` the run
+    is a next-token run and none of that applies. A run resumed inside the RLP part restores the EMA from the side
+    file at ``on_train_start`` (the wrapped callback's own logic) and is not re-initialised.
+    """
+
+    def __init__(self, inner, switch_at: int):
+        self.inner = inner
+        self.switch_at = switch_at
+
+    def build(self):
+        from megatron.bridge.training.callbacks import Callback
+
+        gate = self
+
+        class _Gate(Callback):
+            def on_train_start(self, context):
+                gate.inner.on_train_start(context)
+
+            def on_train_step_start(self, context):
+                step = context.state.train_state.step
+                if step < gate.switch_at:
+                    return
+                if step == gate.switch_at:
+                    from nemo_smartpt.rlp.callbacks import ema_params
+
+                    gate.inner.run.ema.initialize(ema_params(context.model))
+                gate.inner.on_train_step_start(context)
+
+            def on_train_step_end(self, context):
+                run = gate.inner.run
+                run.last_fresh = context.state.train_state.step >= gate.switch_at
+                if run.last_fresh:
+                    gate.inner.on_train_step_end(context)
+
+            def on_checkpoint_save(self, context):
+                gate.inner.on_checkpoint_save(context)
+
+        return _Gate()
 
 
 def eval_tasks(run) -> dict[str, str]:

@@ -76,6 +76,10 @@ class TrainRun:
         prompt_tokens = len(self.tokenizer.encode_batch([cfg.rlp.thought_prompt])[0])
         self.schedule = resolve_schedule(cfg, self.bridge, prompt_tokens)
         self.bridge.train.train_iters = self.schedule["total_steps"]
+        if self.schedule["rlp_steps"]:
+            # eq. 8 normalises by the thoughts of the whole global batch: Megatron must sum (loss, count) over
+            # micro-batches and divide once. Next-token steps are unchanged by it (every micro-batch has equal tokens).
+            self.bridge.model.calculate_per_token_loss = True
         self.plan_path: Path | None = None
 
     @property

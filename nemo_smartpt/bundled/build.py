@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from nemo_smartpt.bundled.corpus import SOURCE_META, CorpusSpec, write_corpus
+from nemo_smartpt.bundled.corpus import CORPUS_VERSION, SOURCE_META, CorpusSpec, write_corpus
 
 # Epoch caps of the bundled sources: small, clean sources may repeat, noisy crawl may not (the paper's pattern).
 MAX_EPOCHS = {
@@ -39,7 +39,8 @@ def ensure_bundled_catalog(directory: str | Path, spec: CorpusSpec | None = None
     out = Path(directory)
     catalog_path = out / "catalog.yaml"
     stamp = out / "spec.json"
-    if catalog_path.exists() and stamp.exists() and json.loads(stamp.read_text()) == asdict(spec):
+    wanted = {"spec": asdict(spec), "version": CORPUS_VERSION}
+    if catalog_path.exists() and stamp.exists() and json.loads(stamp.read_text()) == wanted:
         return catalog_path
     raw = write_corpus(out / "raw", spec)
     sources = []
@@ -72,5 +73,5 @@ def ensure_bundled_catalog(directory: str | Path, spec: CorpusSpec | None = None
         "# nemo_smartpt/bundled/corpus.py), tokenized with the built-in byte tokenizer (vocab 258, EOD 256).\n"
     )
     catalog_path.write_text(header + yaml.safe_dump({"sources": sources}, sort_keys=False))
-    stamp.write_text(json.dumps(asdict(spec)))
+    stamp.write_text(json.dumps(wanted))
     return catalog_path

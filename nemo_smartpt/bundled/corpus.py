@@ -17,6 +17,8 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+CORPUS_VERSION = 3  # bump when the generator's output changes, so built corpora are rebuilt
+
 SYLLABLES = ["ka", "lo", "mi", "ra", "ven", "tor", "sel", "dun", "pha", "ri", "zo", "bel", "cor", "nav", "ul", "es"]
 EXPORTS = ["salt", "copper", "wool", "glass", "tea", "amber", "iron", "silk", "rice", "timber"]
 FILLER = [
@@ -46,7 +48,7 @@ class Country:
 class CorpusSpec:
     """Sizes of the bundled corpus (documents per source) and its world."""
 
-    num_countries: int = 40
+    num_countries: int = 16
     crawl_high: int = 600
     crawl_medium: int = 900
     crawl_low: int = 900
@@ -54,8 +56,8 @@ class CorpusSpec:
     code: int = 300
     wiki: int = 200
     reasoning: int = 500
-    eval_knowledge: int = 40
-    eval_reasoning: int = 60
+    eval_knowledge: int = 16
+    eval_reasoning: int = 200
     seed: int = 0
 
 
@@ -124,10 +126,11 @@ def _wiki(rng, world):
     )
 
 
-def word_problem(rng: random.Random, world: list[Country]) -> tuple[str, list[str], int]:
-    """A three-step problem about a country's export; returns (question, thought steps, answer)."""
+def word_problem(rng: random.Random, world: list[Country]) -> tuple[str, list[str], int, int]:
+    """A three-step problem about a country's export; returns (question, thought steps, answer, factor)."""
     c = rng.choice(world)
-    start, bought, sold, factor = rng.randint(3, 30), rng.randint(2, 20), rng.randint(1, 10), rng.randint(2, 4)
+    start, bought, factor = rng.randint(3, 30), rng.randint(2, 20), rng.randint(2, 4)
+    sold = rng.randint(1, min(10, start + bought - 1))  # never sells more than she has
     question = (
         f"A trader from {c.name} has {start} crates of {c.export}. She buys {bought} more, sells {sold}, "
         f"and then multiplies her stock by {factor}. How many crates does she have?"
@@ -140,7 +143,7 @@ def word_problem(rng: random.Random, world: list[Country]) -> tuple[str, list[st
         f"Selling {sold} leaves {after_buy} - {sold} = {after_sell}.",
         f"Multiplying by {factor} gives {after_sell} * {factor} = {answer}.",
     ]
-    return question, steps, answer
+    return question, steps, answer, factor
 
 
 GENERATORS = {
@@ -182,7 +185,7 @@ def write_corpus(out_dir: str | Path, spec: CorpusSpec | None = None) -> dict[st
     seen: set[str] = set()
     with path.open("w") as handle:
         while len(seen) < spec.reasoning:
-            question, steps, answer = word_problem(rng, world)
+            question, steps, answer, _ = word_problem(rng, world)
             if question in seen:
                 continue
             seen.add(question)
@@ -200,20 +203,28 @@ def write_corpus(out_dir: str | Path, spec: CorpusSpec | None = None) -> dict[st
 def _write_eval(out: Path, world: list[Country], spec: CorpusSpec, train_questions: set[str]) -> None:
     rng = random.Random(f"{spec.seed}-eval")
     with (out / "eval_knowledge.jsonl").open("w") as handle:
+        # Three facts per country, each asked as its training sentence would state it, with three distractors.
+        questions = [
+            (lambda c: f"The capital of {c.name} is", lambda c: c.capital, lambda c: f" {c.capital}."),
+            (lambda c: f"The river {c.river} flows through", lambda c: c.name, lambda c: f" {c.name}."),
+            (lambda c: f"{c.name} is known for its", lambda c: c.export, lambda c: f" {c.export}."),
+        ]
         for c in rng.sample(world, min(spec.eval_knowledge, len(world))):
-            others = [o.capital for o in world if o is not c]
-            choices = [c.capital, *rng.sample(others, 3)]
-            rng.shuffle(choices)
-            record = {"prompt": f"The capital of {c.name} is", "choices": [f" {x}." for x in choices]}
-            record["answer"] = choices.index(c.capital)
-            handle.write(json.dumps(record) + "\n")
+            for prompt, key, render in questions:
+                others = list(dict.fromkeys(key(o) for o in world if key(o) != key(c)))
+                options = [c, *[next(o for o in world if key(o) == k) for k in rng.sample(others, 3)]]
+                rng.shuffle(options)
+                record = {"prompt": prompt(c), "choices": [render(o) for o in options]}
+                record["answer"] = options.index(c)
+                handle.write(json.dumps(record) + "\n")
     with (out / "eval_reasoning.jsonl").open("w") as handle:
         written = 0
         while written < spec.eval_reasoning:
-            question, _, answer = word_problem(rng, world)
+            question, _, answer, factor = word_problem(rng, world)
             if question in train_questions:
                 continue  # held out: never a training question
-            wrong = sorted({answer + d for d in (-6, -3, 3, 6, 9) if answer + d > 0} - {answer})
+            # Distractors are multiples of the last factor too, so divisibility does not give the answer away.
+            wrong = [answer + factor * k for k in (-3, -2, -1, 1, 2, 3, 4) if answer + factor * k > 0]
             choices = [answer, *rng.sample(wrong, 3)]
             rng.shuffle(choices)
             record = {"prompt": f"{question} The answer is", "choices": [f" {x}." for x in choices]}
