@@ -126,11 +126,12 @@ def field_docs(schema: type) -> dict[str, str]:
     """Docstrings written under dataclass fields (Python keeps none at runtime, so read them from the source)."""
     import ast
     import inspect
+    import textwrap
 
     docs: dict[str, str] = {}
     try:
-        body = ast.parse(inspect.getsource(schema)).body[0].body
-    except (OSError, TypeError, SyntaxError, IndexError):
+        body = ast.parse(textwrap.dedent(inspect.getsource(schema))).body[0].body
+    except (OSError, TypeError, SyntaxError, IndexError, AttributeError):
         return docs
     for node, after in zip(body, body[1:]):
         if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
@@ -144,18 +145,30 @@ def field_docs(schema: type) -> dict[str, str]:
 
 
 def describe(schema: type, prefix: str = "") -> str:
-    """A ``--help`` listing of a settings dataclass: each field with its type, default and docstring."""
+    """A ``--help`` listing of a settings dataclass: each field with its type, default and docstring; nested
+    settings dataclasses are listed under their dotted prefix (``rlp.num_rollouts``)."""
     docs = field_docs(schema)
-    lines = [f"settings ({schema.__name__}):"]
+    lines = [] if prefix else [f"settings ({schema.__name__}):"]
     for f in dataclasses.fields(schema):
         if f.default is not dataclasses.MISSING:
-            default = repr(f.default)
+            value = f.default
         elif f.default_factory is not dataclasses.MISSING:
-            default = repr(f.default_factory())
+            value = f.default_factory()
         else:
-            default = "(required)"
+            value = None
+        if dataclasses.is_dataclass(value):
+            lines.append(f"  [{prefix}{f.name}] {docs.get(f.name, '')}".rstrip())
+            lines.append(describe(type(value), f"{prefix}{f.name}."))
+            continue
+        shown = (
+            "(required)"
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+            else repr(value)
+        )
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
         type_name = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
-        lines.append(f"  {prefix}{f.name}: {type_name} = {default}")
+        lines.append(f"  {prefix}{f.name}: {type_name} = {shown}")
         if f.name in docs:
             lines.append(f"      {docs[f.name]}")
     return "\n".join(lines)

@@ -42,6 +42,10 @@ def run_one(arm: str, seed: int, args) -> dict:
         f"model.seq_length={args.seq_length}",
         f"train.global_batch_size={args.global_batch_size}",
         f"train.micro_batch_size={args.micro_batch_size}",
+        f"model.hidden_size={args.hidden_size}",
+        f"model.ffn_hidden_size={4 * args.hidden_size}",
+        f"model.num_layers={args.num_layers}",
+        *([f"schedule.rlp_steps={args.rlp_steps}"] if arm == "hopper" else []),
         *args.extra,
     ]
     started = time.time()
@@ -109,10 +113,13 @@ def plot(runs: list[dict], path: Path) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    parser.add_argument("--iters", type=int, default=200)
+    parser.add_argument("--iters", type=int, default=300)
     parser.add_argument("--seq-length", type=int, default=128)
     parser.add_argument("--global-batch-size", type=int, default=16)
     parser.add_argument("--micro-batch-size", type=int, default=8)
+    parser.add_argument("--hidden-size", type=int, default=128)
+    parser.add_argument("--num-layers", type=int, default=4)
+    parser.add_argument("--rlp-steps", type=int, default=20, help="Hopper's RLP steps (the last of --iters)")
     parser.add_argument("--out", default="runs/study")
     parser.add_argument("--bundled-dir", default="runs/bundled")
     parser.add_argument("--results", default=str(HERE / "results"))

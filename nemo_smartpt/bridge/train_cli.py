@@ -156,29 +156,21 @@ def resolve_schedule(cfg: TrainConfig, bridge, prompt_tokens: int = 0) -> dict:
 
 
 def _help() -> str:
-    from nemo_smartpt.bridge.train_config import CONF_DIR, DataConfig, EvalConfig, ScheduleConfig
-    from nemo_smartpt.rlp.config import RLPConfig
+    from nemo_smartpt.bridge.train_config import CONF_DIR
 
     presets = ", ".join(sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml")))
-    parts = [
-        "usage: smartpt train [+experiment=NAME] [key=value ...] [--cfg job]",
-        "",
-        f"presets (conf/experiment): {presets}",
-        "Any key outside ours goes to Megatron-Bridge's ConfigContainer (model.*, train.*, optimizer.*, "
-        "checkpoint.*, logger.*, ...).",
-        "--cfg job prints the resolved configs and exits.",
-        "",
-        describe(TrainConfig),
-        "",
-        "data.* " + describe(DataConfig),
-        "",
-        "schedule.* " + describe(ScheduleConfig),
-        "",
-        "eval.* " + describe(EvalConfig),
-        "",
-        "rlp.* " + describe(RLPConfig),
-    ]
-    return "\n".join(parts)
+    return "\n".join(
+        [
+            "usage: smartpt train [+experiment=NAME] [key=value ...] [--cfg job]",
+            "",
+            f"presets (conf/experiment): {presets}",
+            "Any key outside ours goes to Megatron-Bridge's ConfigContainer (model.*, train.*, optimizer.*, "
+            "checkpoint.*, logger.*, ...).",
+            "--cfg job prints the resolved configs and exits.",
+            "",
+            describe(TrainConfig),
+        ]
+    )
 
 
 if __name__ == "__main__":

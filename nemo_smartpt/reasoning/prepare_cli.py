@@ -11,52 +11,17 @@ the field, file and line, and return a non-zero code; no traceback.
 
 from __future__ import annotations
 
-import ast
-import dataclasses
-import inspect
 import sys
-import textwrap
 
+from nemo_smartpt.overrides import describe
 from nemo_smartpt.reasoning.config import PrepareConfig
 
 EXIT_USAGE, EXIT_DATA = 2, 1
 
 
-def _field_docs(cls: type) -> dict[str, str]:
-    """Attribute docstrings (the string right under each field) of a dataclass, read from its source."""
-    try:
-        tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    except (OSError, TypeError):
-        return {}
-    docs: dict[str, str] = {}
-    body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
-    for node, after in zip(body, body[1:]):
-        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-            if (
-                isinstance(after, ast.Expr)
-                and isinstance(after.value, ast.Constant)
-                and isinstance(after.value.value, str)
-            ):
-                docs[node.target.id] = " ".join(after.value.value.split())
-    return docs
-
-
-def help_text(cls: type = PrepareConfig, prefix: str = "") -> str:
-    """Every field of ``cls`` (nested dataclasses flattened with dots) with its default and docstring."""
-    lines = []
-    docs = _field_docs(cls)
-    defaults = cls()
-    for f in dataclasses.fields(cls):
-        value = getattr(defaults, f.name)
-        if dataclasses.is_dataclass(value):
-            lines.append(f"\n  [{prefix}{f.name}] {docs.get(f.name, '')}")
-            lines.append(help_text(type(value), f"{prefix}{f.name}."))
-            continue
-        shown = repr(value)
-        if len(shown) > 60:
-            shown = shown[:57] + "..."
-        lines.append(f"  {prefix}{f.name}={shown}\n      {docs.get(f.name, '')}")
-    return "\n".join(lines)
+def help_text() -> str:
+    """Every field of ``PrepareConfig`` (nested settings under their dotted prefix) with default and docstring."""
+    return describe(PrepareConfig)
 
 
 def main(args: list[str]) -> int:

@@ -37,7 +37,11 @@ def test_prepare_end_to_end(tmp_path, capsys):
 def test_help_lists_fields(capsys):
     assert main(["prepare", "--help"]) == 0
     out = capsys.readouterr().out
-    assert "output_prefix=''" in out and "split.sft_fraction=0.0" in out and "select.max_tokens=0" in out
+    assert (
+        "output_prefix: str = ''" in out
+        and "split.sft_fraction: float = 0.0" in out
+        and "select.max_tokens: int = 0" in out
+    )
 
 
 def test_errors_are_one_line(tmp_path, capsys):
