@@ -118,3 +118,32 @@ def load_full_state_dict(model: torch.nn.Module, full: dict[str, torch.Tensor], 
         for name, param in model.named_parameters():
             source = full[global_name(name, per_stage, pp_rank)]
             param.copy_(shard_of(source, param, tp_rank, tp_size))
+
+
+def sharded_grads(model: torch.nn.Module, num_layers: int) -> list[tuple[str, int | None, int, torch.Tensor]]:
+    """This rank's gradients as ``(single-process name, partition_dim or None, tp_rank, grad)`` for comparison."""
+    from megatron.core import parallel_state
+
+    per_stage = num_layers // parallel_state.get_pipeline_model_parallel_world_size()
+    pp_rank = parallel_state.get_pipeline_model_parallel_rank()
+    tp_rank = parallel_state.get_tensor_model_parallel_rank()
+    return [
+        (
+            global_name(name, per_stage, pp_rank),
+            p.partition_dim if getattr(p, "tensor_model_parallel", False) else None,
+            tp_rank,
+            p.grad.clone(),
+        )
+        for name, p in model.named_parameters()
+    ]
+
+
+def assert_grads_match(rank_grads, reference: dict[str, torch.Tensor], tp: int, rtol=1e-4, atol=1e-6) -> set[str]:
+    """Each rank's gradient shard equals the matching slice of the single-process gradient; returns names checked."""
+    checked = set()
+    for name, partition_dim, tp_rank, grad in rank_grads:
+        full = reference[name]
+        expected = full if partition_dim is None else torch.chunk(full, tp, dim=partition_dim)[tp_rank]
+        torch.testing.assert_close(grad, expected, rtol=rtol, atol=atol, msg=lambda m, n=name: f"{n}: {m}")
+        checked.add(name)
+    return checked

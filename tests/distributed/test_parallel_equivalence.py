@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from nemo_smartpt.testing.distributed import run_distributed
-from nemo_smartpt.testing.megatron import TinyGPTSpec
+from nemo_smartpt.testing.megatron import TinyGPTSpec, assert_grads_match
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
@@ -72,24 +72,14 @@ def _reference(rank, world_size, state_path):
 def _parallel(rank, world_size, tp, pp, state_path):
     from megatron.core import parallel_state
 
-    from nemo_smartpt.testing.megatron import build_tiny_gpt, global_name, init_model_parallel, load_full_state_dict
+    from nemo_smartpt.testing.megatron import build_tiny_gpt, init_model_parallel, load_full_state_dict, sharded_grads
 
     init_model_parallel(tp, pp, seed=99)  # a different seed: the weights must come from the reference
     model = build_tiny_gpt(SPEC)
     full = torch.load(state_path)
     load_full_state_dict(model, full, SPEC.num_layers)
     losses = _run_schedule(model)
-    pp_rank = parallel_state.get_pipeline_model_parallel_rank()
-    per_stage = SPEC.num_layers // pp
-    grads = [
-        (
-            global_name(name, per_stage, pp_rank),
-            p.partition_dim if getattr(p, "tensor_model_parallel", False) else None,
-            parallel_state.get_tensor_model_parallel_rank(),
-            p.grad.clone(),
-        )
-        for name, p in model.named_parameters()
-    ]
+    grads = sharded_grads(model, SPEC.num_layers)
     return losses, grads, parallel_state.is_pipeline_last_stage()
 
 
@@ -111,10 +101,6 @@ def test_parallel_matches_single_process(reference, tp, pp):
             torch.testing.assert_close(torch.tensor(losses), torch.tensor(ref_losses), rtol=1e-5, atol=1e-5)
         else:
             assert losses == []
-        for name, partition_dim, tp_rank, grad in grads:
-            full = ref_grads[name]
-            expected = full if partition_dim is None else torch.chunk(full, tp, dim=partition_dim)[tp_rank]
-            torch.testing.assert_close(grad, expected, rtol=1e-4, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}")
-            checked.add(name)
+        checked |= assert_grads_match(grads, ref_grads, tp)
     assert checked == set(ref_grads), set(ref_grads) ^ checked
     assert any(is_last for *_, is_last in results)

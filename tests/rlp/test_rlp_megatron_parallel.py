@@ -16,7 +16,7 @@ import torch
 
 from nemo_smartpt.rlp import RLPConfig, ThoughtLayout
 from nemo_smartpt.testing.distributed import run_distributed
-from nemo_smartpt.testing.megatron import TinyGPTSpec
+from nemo_smartpt.testing.megatron import TinyGPTSpec, assert_grads_match
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
@@ -94,7 +94,7 @@ def _parallel(rank, world_size, tp, pp, state_path, batch_path):
 
     from nemo_smartpt.rlp.megatron_logprobs import vocab_parallel_logprobs
     from nemo_smartpt.rlp.step import rlp_forward
-    from nemo_smartpt.testing.megatron import build_tiny_gpt, global_name, init_model_parallel, load_full_state_dict
+    from nemo_smartpt.testing.megatron import build_tiny_gpt, init_model_parallel, load_full_state_dict, sharded_grads
 
     init_model_parallel(tp, pp, seed=99)  # a different seed: the weights must come from the reference
     model = build_tiny_gpt(SPEC)
@@ -107,17 +107,7 @@ def _parallel(rank, world_size, tp, pp, state_path, batch_path):
         # Generation under TP: both ranks must draw the same tokens (same seed, gathered logits).
         logp = (logp, _greedy_rollouts(model), _sampled_rollouts(model))
     losses = _run_schedule(model, batches)
-    per_stage = SPEC.num_layers // pp
-    pp_rank = parallel_state.get_pipeline_model_parallel_rank()
-    grads = [
-        (
-            global_name(name, per_stage, pp_rank),
-            p.partition_dim if getattr(p, "tensor_model_parallel", False) else None,
-            parallel_state.get_tensor_model_parallel_rank(),
-            p.grad.clone(),
-        )
-        for name, p in model.named_parameters()
-    ]
+    grads = sharded_grads(model, SPEC.num_layers)
     return losses, grads, logp, parallel_state.is_pipeline_last_stage()
 
 
@@ -151,11 +141,7 @@ def test_rlp_loss_and_grads_match_single_process(reference, tp, pp):
                     )
         else:
             assert losses == []
-        for name, partition_dim, tp_rank, grad in grads:
-            full = ref_grads[name]
-            expected = full if partition_dim is None else torch.chunk(full, tp, dim=partition_dim)[tp_rank]
-            torch.testing.assert_close(grad, expected, rtol=1e-4, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}")
-            checked.add(name)
+        checked |= assert_grads_match(grads, ref_grads, tp)
     assert checked == set(ref_grads), set(ref_grads) ^ checked
     # The gradient is not trivially zero: the loss reached the weights.
     assert any(g.abs().sum() > 0 for g in ref_grads.values())
