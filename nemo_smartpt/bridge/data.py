@@ -32,8 +32,11 @@ def run_catalog(cfg, out: Path) -> Path:
         return str(Path(prefix) if Path(prefix).is_absolute() else base / prefix)
 
     sources = []
+    wanted = cfg.data.reasoning_sources
     for entry in tree.get("sources", []):
-        if not cfg.data.reasoning and entry.get("category") == "reasoning":
+        if entry.get("category") == "reasoning" and (
+            not cfg.data.reasoning or (wanted is not None and entry["name"] not in wanted)
+        ):
             continue
         entry = dict(entry)
         if entry.get("category") == "reasoning":
@@ -44,6 +47,12 @@ def run_catalog(cfg, out: Path) -> Path:
         prefix = entry.get("prefix")
         entry["prefix"] = [absolute(p) for p in prefix] if isinstance(prefix, list) else absolute(prefix)
         sources.append(entry)
+    if wanted is not None:
+        missing = sorted(set(wanted) - {e["name"] for e in sources})
+        if missing:
+            from nemo_smartpt.overrides import OverrideError
+
+            raise OverrideError(f"data.reasoning_sources: no reasoning source named {missing} in {source}")
     tree["sources"] = sources
     out.mkdir(parents=True, exist_ok=True)
     target = out / "catalog.yaml"

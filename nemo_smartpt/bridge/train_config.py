@@ -41,6 +41,9 @@ class DataConfig:
     """``planned`` (the phases), ``natural`` (weight proportional to tokens) or ``random_order`` (BASE-RO)."""
     reasoning: bool = True
     """Keep the catalog's ``reasoning`` sources; False gives the no-reasoning base."""
+    reasoning_sources: list[str] | None = None
+    """Keep only these reasoning sources of the catalog (the paper's arms: ``[reasoning_shq]``, ``[reasoning_ldq]``,
+    ``[reasoning_lmq]``); None keeps all."""
     reasoning_share: float | None = None
     """Override the reasoning sources' ``target_share`` (0.2 = the paper's 80/20; 0.1 and 0.4 its ablation)."""
     reasoning_phases: list[str] | None = None

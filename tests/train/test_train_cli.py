@@ -151,3 +151,26 @@ def test_demo_runs_the_whole_story_and_writes_the_report(tmp_path, bundled):
             assert key in r and r[key] == r[key], key  # present and not NaN
     assert {r["phase"] for r in records} == {"phase1", "phase2"}
     assert json.loads((out / "eval.json").read_text())["reasoning"]["n"] > 0
+
+
+def test_rlp_starts_from_a_pretrained_megatron_checkpoint(tmp_path, bundled):
+    base = tmp_path / "base"
+    first = smartpt(
+        "+experiment=volta", f"out_dir={base}", f"data.bundled_dir={bundled}", "train.train_iters=4", *TINY
+    )
+    assert first.returncode == 0, first.stderr[-3000:]
+    rlp = tmp_path / "rlp"
+    second = smartpt(
+        "+experiment=hopper",
+        f"out_dir={rlp}",
+        f"data.bundled_dir={bundled}",
+        "train.train_iters=2",
+        "schedule.rlp_steps=2",
+        f"checkpoint.pretrained_checkpoint={base / 'checkpoints'}",
+        "rlp.max_context=32",
+        *TINY,
+    )
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert f"loading distributed checkpoint from {base / 'checkpoints'} at iteration 4" in second.stdout
+    records = metrics(rlp)
+    assert [r["step"] for r in records] == [1, 2] and all("rlp_reward_mean" in r for r in records)
