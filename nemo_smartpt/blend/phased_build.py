@@ -9,11 +9,9 @@ whole run trains on rather than whichever phase is current.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 from megatron.core.datasets.blended_dataset import BlendedDataset
@@ -22,7 +20,6 @@ from megatron.core.datasets.utils import Split
 
 from nemo_smartpt.blend.phased_dataset import PhasedDataset, PhasedDatasetConfig, open_components
 from nemo_smartpt.blend.phased_spec import (
-    PhasedDatasetError,
     PhaseSpec,
     SourceSpec,
     baseline_phase_from_plan,
@@ -32,17 +29,6 @@ from nemo_smartpt.blend.phased_spec import (
 from nemo_smartpt.blend.phased_stream import rank0_first
 
 logger = logging.getLogger(__name__)
-
-
-def load_plan(path: str | Path) -> dict:
-    """Read a planner's ``plan.json``."""
-    path = Path(path)
-    if not path.is_file():
-        raise PhasedDatasetError(f"plan file {path} not found")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise PhasedDatasetError(f"plan file {path} is not valid JSON: {error}") from error
 
 
 def phased_dataset_from_plan(

@@ -138,16 +138,21 @@ def save_plan(plan: Plan, path: str) -> None:
         f.write("\n")
 
 
-def load_plan(path: str) -> Plan:
-    """Read a ``plan.json`` written by :func:`save_plan` (or by hand, following the same contract)."""
+def read_plan_json(path: str) -> dict[str, Any]:
+    """The raw ``plan.json`` mapping (what the phased dataset consumes), with a clear error naming the file."""
+    path = str(path)
     if not os.path.isfile(path):
         raise PlanFileError(f"plan file not found: {path}")
     with open(path, encoding="utf-8") as f:
         try:
-            data = json.load(f)
+            return json.load(f)
         except json.JSONDecodeError as exc:
             raise PlanFileError(f"{path}: not valid JSON: {exc}") from None
-    return plan_from_dict(data, where=path)
+
+
+def load_plan(path: str) -> Plan:
+    """Read a ``plan.json`` written by :func:`save_plan` (or by hand, following the same contract)."""
+    return plan_from_dict(read_plan_json(path), where=path)
 
 
 def _tokens(n: float) -> str:

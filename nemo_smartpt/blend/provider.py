@@ -17,9 +17,10 @@ from typing import Any, Literal
 
 from megatron.bridge.data.base import DatasetBuildContext, DatasetProvider
 
-from nemo_smartpt.blend.phased_build import datasets_from_plan, load_plan
+from nemo_smartpt.blend.phased_build import datasets_from_plan
 from nemo_smartpt.blend.phased_dataset import PhasedDatasetConfig
 from nemo_smartpt.blend.phased_spec import PhasedDatasetError
+from nemo_smartpt.blend.plan_io import read_plan_json
 
 
 @dataclass(kw_only=True)
@@ -92,7 +93,7 @@ class PhasedPlanDatasetProvider(DatasetProvider):
         """
         if context.tokenizer is None:
             raise PhasedDatasetError("PhasedPlanDatasetProvider needs the tokenizer Bridge passes in its context")
-        plan = load_plan(self.plan_path)
+        plan = read_plan_json(self.plan_path)
         train, valid, test = datasets_from_plan(
             plan,
             self.dataset_config(plan),

@@ -43,10 +43,10 @@ def phase_starts_of(plan: dict, arm: str, seq_length: int, global_batch_size: in
 
 def build_objective(run):
     """Forward step and callbacks for a :class:`~nemo_smartpt.bridge.train_cli.TrainRun`."""
-    from nemo_smartpt.blend.phased_build import load_plan
+    from nemo_smartpt.blend.plan_io import read_plan_json
     from nemo_smartpt.bridge.evaluate import eval_callback
 
-    plan = load_plan(run.plan_path)
+    plan = read_plan_json(run.plan_path)
     arm = run.cfg.data.arm
     starts = phase_starts_of(plan, arm, run.seq_length, run.global_batch_size)
     breakdown = LossBreakdown([s["name"] for s in plan["sources"]], [name for name, _ in starts])
