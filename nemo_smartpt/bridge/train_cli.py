@@ -57,6 +57,8 @@ class TrainRun:
         self.cfg = cfg
         self.out = Path(cfg.out_dir)
         self.tokenizer = load_tokenizer(cfg.data.tokenizer)
+        # The byte tokenizer is Bridge's NullTokenizer with EOD = 256 (its last id); a Hugging Face tokenizer directory
+        # is loaded by Bridge itself (HuggingFaceTokenizer), so the model and the data agree on the vocabulary.
         vocab = self.tokenizer.eod + 1 if cfg.data.tokenizer == "byte" else self.tokenizer.vocab_size
         if cfg.recipe == "cpu_tiny":
             self.bridge = cpu_pretrain_config(
@@ -64,6 +66,12 @@ class TrainRun:
             )
         else:
             self.bridge = recipe_config(cfg.recipe, str(self.out), vocab_size=vocab, seed=cfg.seed)
+        if cfg.data.tokenizer != "byte":
+            from megatron.bridge.training.config import TokenizerConfig
+
+            self.bridge.tokenizer = TokenizerConfig(
+                tokenizer_type="HuggingFaceTokenizer", tokenizer_model=str(Path(self.tokenizer.path).parent)
+            )
         # Checkpoint into the run directory by default, so the same command resumes (users may override both).
         self.bridge.checkpoint.save = self.bridge.checkpoint.load = str(self.out / "checkpoints")
         self.bridge.checkpoint.save_interval = self.bridge.train.train_iters

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 pytestmark = pytest.mark.slow
 
@@ -174,3 +175,53 @@ def test_rlp_starts_from_a_pretrained_megatron_checkpoint(tmp_path, bundled):
     assert f"loading distributed checkpoint from {base / 'checkpoints'} at iteration 4" in second.stdout
     records = metrics(rlp)
     assert [r["step"] for r in records] == [1, 2] and all("rlp_reward_mean" in r for r in records)
+
+
+def test_train_with_a_local_hugging_face_tokenizer(tmp_path):
+    """Data prepared with a local HF tokenizer trains with Bridge's own HuggingFaceTokenizer loading it."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from nemo_smartpt.bundled.corpus import write_corpus
+    from nemo_smartpt.reasoning.config import PrepareConfig
+    from nemo_smartpt.reasoning.prepare import prepare
+
+    raw = write_corpus(tmp_path / "raw")
+    texts = [json.loads(line)["text"] for line in raw["crawl_high"].read_text().splitlines()]
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel()
+    special = ["<unk>", "<|endoftext|>"]
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    tok.train_from_iterator(
+        texts, trainers.BpeTrainer(vocab_size=400, special_tokens=special, initial_alphabet=alphabet)
+    )
+    hf_dir = tmp_path / "tokenizer"
+    PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", unk_token="<unk>").save_pretrained(hf_dir)
+    for name in ("crawl_high", "math"):
+        prepare(
+            PrepareConfig(
+                input=str(raw[name]),
+                output_prefix=str(tmp_path / name),
+                tokenizer=str(hf_dir),
+                format="text",
+                progress=False,
+            )
+        )
+    catalog = {
+        "sources": [
+            {"name": "crawl_high", "prefix": "crawl_high", "quality": "high", "category": "crawl", "max_epochs": 4},
+            {"name": "math", "prefix": "math", "quality": "high", "category": "math", "max_epochs": 4},
+        ]
+    }
+    (tmp_path / "catalog.yaml").write_text(yaml.safe_dump(catalog))
+    run = tmp_path / "run"
+    result = smartpt(
+        f"data.catalog={tmp_path / 'catalog.yaml'}",
+        f"data.tokenizer={hf_dir}",
+        f"out_dir={run}",
+        "train.train_iters=4",
+        *TINY,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = metrics(run)
+    assert len(records) == 4 and all(r["lm_loss"] == r["lm_loss"] for r in records)
