@@ -22,7 +22,8 @@ Modules: ``config`` (defaults), ``objective`` (eq. 5/7/8 and metrics), ``positio
 Megatron-facing modules (import them explicitly; megatron is imported lazily inside): ``megatron_logprobs``
 (vocab-parallel log-probs under TP), ``rollout`` (shared-prefix KV-cache sampler over the live model), ``prepare``
 (positions → rollouts → scoring rows → S_ema, per micro-batch), ``step`` (the Megatron forward step and loss; runs
-under TP and PP), ``callbacks`` (Bridge ``pretrain()`` wiring: ``build_rlp_training``, EMA lifecycle, metrics).
+under TP and PP), ``pipeline`` (stage-to-stage generation and preparation ahead of the schedule under PP),
+``callbacks`` (Bridge ``pretrain()`` wiring: ``build_rlp_training``, EMA lifecycle, metrics; TP, PP and DP).
 """
 
 from nemo_smartpt.rlp.config import RLPConfig, RLPConfigError

@@ -9,12 +9,17 @@ Wiring (see :func:`build_rlp_training`)::
 What the callback does (arXiv 2510.01265: φ initialised to θ at the first step, φ ← τ·φ + (1−τ)·θ after every
 optimizer step):
 
-- ``on_train_start``: φ = θ, or, when the run resumes from ``<checkpoint.load>/iter_XXXXXXX/`` and that directory holds
+- ``on_data_init_start`` (PP > 1 only): record the training dataset the dataset provider builds.
+- ``on_train_start``: under PP > 1, check the prerequisites (``dataloader_type='single'``, no validation) and switch
+  the live model config to ``variable_seq_lengths`` (dense models); then φ = θ, or, when the run resumes from ``<checkpoint.load>/iter_XXXXXXX/`` and that directory holds
   ``rlp_ema_rank{r}.pt``, φ and the RLP counters from that file. Bridge has no load event for callbacks, so the EMA
   lives in a rank-local side file next to the distributed checkpoint (global rank r; resuming needs the same
   parallel layout, otherwise the shard shapes do not match and :class:`~nemo_smartpt.rlp.ema.EMAStateError` is raised).
-- ``on_train_step_start``: reset the per-step preparation stats and rollout counters; start the step clock.
-- ``on_train_step_end``: φ update (skipped iterations skip it too), then one metrics line per step: printed on rank 0,
+- ``on_train_step_start``: reset the per-step preparation stats and rollout counters; start the step clock. Under
+  PP > 1, prepare all micro-batches of the step here, collectively over the pipeline group, before the schedule
+  starts (:class:`~nemo_smartpt.rlp.pipeline.PipelineFeed`).
+- ``on_train_step_end``: φ update (skipped iterations skip it too), then one metrics line per step: printed by the
+  pipeline-last, TP-0, DP-0 rank (global rank 0 at PP = 1; the rank that holds the reduced loss metrics),
   appended to ``<run_dir>/metrics.jsonl`` and written to Bridge's tensorboard writer when it exists.
 - ``on_checkpoint_save``: ``<checkpoint.save>/iter_XXXXXXX/rlp_ema_rank{r}.pt`` (EMA shards in fp32 + counters).
 
@@ -38,6 +43,7 @@ from nemo_smartpt.rlp.config import RLPConfig
 from nemo_smartpt.rlp.ema import ParamEMA
 from nemo_smartpt.rlp.flops import ModelFlopsSpec, ntp_flops_per_token, paper_ntp_equivalent_tokens, rlp_step_flops
 from nemo_smartpt.rlp.megatron_logprobs import RLPPipelineError, unwrap_model
+from nemo_smartpt.rlp.pipeline import PipelineFeed
 from nemo_smartpt.rlp.prepare import PrepStats, RLPPreparer
 from nemo_smartpt.rlp.prompt import ThoughtLayout
 from nemo_smartpt.rlp.rollout import RolloutCounters
@@ -62,6 +68,10 @@ class RLPRun:
     totals: dict = dataclasses.field(default_factory=lambda: {"steps": 0, "generated_tokens": 0, "flops": 0.0})
     """Counters carried across checkpoints."""
     last_metrics: dict = dataclasses.field(default_factory=dict)
+    pipeline: PipelineFeed | None = None
+    """Preparation ahead of the schedule (pipeline_model_parallel_size > 1 only)."""
+    train_dataset: object = None
+    """The training dataset Bridge built (captured at data setup; read under PP only)."""
 
 
 def ema_params(model) -> list[torch.Tensor]:
@@ -155,14 +165,15 @@ def _make_callback_class():
             self.run = run
             self._t0 = None
 
+        def on_data_init_start(self, context):
+            if getattr(context.state.cfg.model, "pipeline_model_parallel_size", 1) > 1:
+                _capture_train_dataset(self.run, context.state.cfg.dataset)
+
         def on_train_start(self, context):
             run, state = self.run, context.state
             model_cfg = state.cfg.model
             if getattr(model_cfg, "pipeline_model_parallel_size", 1) > 1:
-                raise RLPPipelineError(
-                    "RLP in pretrain() prepares rollouts inside the forward step, which needs "
-                    "pipeline_model_parallel_size=1 (use TP); rlp_forward_step on prepared batches runs under PP"
-                )
+                run.pipeline = _pipeline_feed(run, state, context.model)
             if not getattr(model_cfg, "calculate_per_token_loss", True):
                 warnings.warn(
                     "model.calculate_per_token_loss=False: Megatron divides each micro-batch's RLP loss by its own "
@@ -188,6 +199,18 @@ def _make_callback_class():
             self.run.preparer.stats = PrepStats()
             self.run.counters.reset()
             self._t0 = time.perf_counter()
+            if self.run.pipeline is not None:
+                from megatron.core.num_microbatches_calculator import get_num_microbatches
+
+                # Collective over the pipeline group, before the schedule's p2p starts (see nemo_smartpt.rlp.pipeline).
+                ts = context.state.train_state
+                self.run.pipeline.prepare_step(
+                    context.model,
+                    step=int(ts.step),
+                    consumed=int(ts.consumed_train_samples),
+                    num_micro=get_num_microbatches(),
+                    micro_batch_size=context.state.cfg.train.micro_batch_size,
+                )
 
         def on_train_step_end(self, context):
             run = self.run
@@ -216,8 +239,77 @@ def _make_callback_class():
     return RLPCallback
 
 
+def _capture_train_dataset(run: RLPRun, provider) -> None:
+    """Record the training dataset the provider builds during Bridge's data setup (PP needs to read it ahead).
+
+    Bridge keeps only the iterator, which the schedule consumes; the wrapper is an instance attribute removed again as
+    soon as it has run, so the provider object is unchanged afterwards (configs stay serialisable).
+    """
+    build = getattr(provider, "build_datasets", None)
+    if build is None:
+        raise RLPPipelineError(
+            "RLP under pipeline parallelism reads the step's samples from the training dataset ahead of the schedule; "
+            f"the dataset config {type(provider).__name__} has no build_datasets() to take it from"
+        )
+
+    def capture(context):
+        del provider.__dict__["build_datasets"]
+        datasets = build(context)
+        run.train_dataset = datasets[0]
+        return datasets
+
+    provider.build_datasets = capture
+
+
+def _pipeline_feed(run: RLPRun, state, model) -> PipelineFeed:
+    """Check the PP prerequisites, switch the schedule to variable shapes, build the ahead-of-schedule preparation.
+
+    Prepared micro-batches hold B·G rows of varying length, so the pipeline p2p must exchange shapes
+    (``variable_seq_lengths``). Setting it in the user's config trips megatron's check against the default MoE
+    ``allgather`` dispatcher even for dense models, so for a dense model it is switched on here, on the live model
+    config that the schedule and Bridge's p2p communicator read; an MoE model must set it (with ``alltoall``) itself.
+    """
+    from megatron.core.utils import get_model_config
+
+    cfg = state.cfg
+    live = get_model_config(model[0] if isinstance(model, (list, tuple)) else model)
+    if not live.variable_seq_lengths:
+        if getattr(live, "num_moe_experts", None):
+            raise RLPPipelineError(
+                "RLP under pipeline parallelism needs model.variable_seq_lengths=True (with "
+                "moe_token_dispatcher_type='alltoall'): prepared micro-batches vary in shape"
+            )
+        live.variable_seq_lengths = True
+    if getattr(cfg.validation, "eval_iters", 0):
+        # Evaluation reuses the forward step inside a forward-only schedule, where collective preparation would
+        # deadlock just as in training, and nothing prepares the validation samples ahead of it.
+        raise RLPPipelineError(
+            "RLP under pipeline parallelism prepares only training micro-batches ahead of the schedule; set "
+            "validation.eval_iters=0 (or run validation with pipeline_model_parallel_size=1)"
+        )
+    if getattr(cfg.dataset, "dataloader_type", "single") != "single":
+        raise RLPPipelineError(
+            "RLP under pipeline parallelism reads samples in MegatronPretrainingSampler order: "
+            "dataset.dataloader_type must be 'single'"
+        )
+    return PipelineFeed(run.preparer, run.train_dataset, cfg.model.seq_length, with_ntp=run.cfg.ntp_loss_weight > 0)
+
+
+def _is_metrics_writer() -> bool:
+    """The rank that logs: pipeline-last, TP-0, DP-0 (it holds the reduced loss metrics; global rank 0 at PP = 1)."""
+    from megatron.core import parallel_state
+
+    if not parallel_state.model_parallel_is_initialized():
+        return _rank() == 0
+    return (
+        parallel_state.is_pipeline_last_stage()
+        and parallel_state.get_tensor_model_parallel_rank() == 0
+        and parallel_state.get_data_parallel_rank() == 0
+    )
+
+
 def _emit(run: RLPRun, state, metrics: dict, step: int) -> None:
-    if _rank() == 0:
+    if _is_metrics_writer():
         shown = ("rlp loss", "rlp reward mean", "rlp s_pred mean", "rlp thought length", "rlp truncation rate")
         print(f"[rlp] step {step} " + " ".join(f"{k[4:]}={metrics[k]:.4g}" for k in shown if k in metrics), flush=True)
         if run.run_dir:

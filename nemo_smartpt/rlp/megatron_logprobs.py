@@ -24,7 +24,7 @@ import torch
 
 
 class RLPPipelineError(RuntimeError):
-    """An operation that needs the whole model on one rank (pipeline_model_parallel_size = 1) ran under PP > 1."""
+    """A pipeline-parallel layout that RLP cannot run (a partial model without PP, virtual PP, unmet PP settings)."""
 
 
 def unwrap_model(model) -> torch.nn.Module:
@@ -43,9 +43,9 @@ def require_single_stage(model) -> torch.nn.Module:
     gpt = unwrap_model(model)
     if not (getattr(gpt, "pre_process", True) and getattr(gpt, "post_process", True)):
         raise RLPPipelineError(
-            "RLP generation and the baseline forward need the whole model on one rank "
-            "(pipeline_model_parallel_size=1); the training forward/loss (rlp_forward_step on prepared batches) does "
-            "run under PP>1. Use TP for model parallelism in RLP runs, or prepare batches on a PP=1 replica."
+            "this rank holds only part of the model (a pipeline stage) but megatron's pipeline parallelism is not "
+            "initialised: single-stage RLP generation and scoring need the whole model; under "
+            "pipeline_model_parallel_size>1 they run stage to stage (nemo_smartpt.rlp.pipeline)"
         )
     return gpt
 
@@ -104,12 +104,16 @@ def score_next_tokens(
     """log p(targets[i] | sequences[i][: predict_index[i] + 1]) at T = 1, one forward per chunk of rows, no grad.
 
     Used for the no-thought baseline S_ema (one short sequence per target position, not per rollout). Rows are
-    right-padded to a common length; the causal mask keeps padding out of the real tokens' attention.
+    right-padded to a common length; the causal mask keeps padding out of the real tokens' attention. Under PP the
+    forward goes stage to stage (collective over the pipeline group) and every stage returns the last stage's scores.
 
     Returns:
         ``[len(sequences)]`` fp32 log-probs on ``device``.
     """
-    gpt = require_single_stage(model)
+    from nemo_smartpt.rlp.pipeline import broadcast_from_last_stage, pipeline_size, stage_forward, stage_model
+
+    gpt = stage_model(model)
+    pp = pipeline_size()
     out = []
     for lo in range(0, len(sequences), max_rows):
         rows = sequences[lo : lo + max_rows]
@@ -117,9 +121,19 @@ def score_next_tokens(
         ids_NL = torch.full((len(rows), L), pad_id, dtype=torch.long, device=device)
         for i, r in enumerate(rows):
             ids_NL[i, : len(r)] = torch.as_tensor(list(r), dtype=torch.long)
-        logits_NLV = logits_shard(gpt, ids_NL)
+        if pp == 1:
+            logits_NLV = logits_shard(gpt, ids_NL)
+        else:
+            # Stage to stage; only the last stage scores, then every pipeline rank receives the scores.
+            logits_NLV = stage_forward(gpt, ids_NL, position_ids_like(ids_NL), causal_mask(L, ids_NL.device))
+            if logits_NLV is None:
+                out.append(
+                    broadcast_from_last_stage(torch.empty(len(rows), dtype=torch.float32, device=ids_NL.device))
+                )
+                continue
         idx_N = torch.as_tensor(list(predict_index[lo : lo + max_rows]), device=logits_NLV.device)
         picked_NV = logits_NLV[torch.arange(len(rows), device=logits_NLV.device), idx_N]
         tgt_N = torch.as_tensor(list(targets[lo : lo + max_rows]), dtype=torch.long, device=logits_NLV.device)
-        out.append(vocab_parallel_logprobs(picked_NV, tgt_N))
+        logp_N = vocab_parallel_logprobs(picked_NV, tgt_N)
+        out.append(logp_N if pp == 1 else broadcast_from_last_stage(logp_N.contiguous()))
     return torch.cat(out)

@@ -1,7 +1,8 @@
 """Preparation of an RLP micro-batch: positions → rollouts → scoring sequences → baseline (arXiv 2510.01265).
 
-This is the part of a step that needs generation, so it runs where the whole model sits on one rank (PP = 1; any
-TP). It turns packed pretraining tokens into a *prepared batch*: a dict of tensors that the training forward step
+This is the part of a step that needs generation. Under PP = 1 it runs on the whole model (any TP); under PP > 1 it is
+collective over the pipeline group (stage-to-stage generation and baseline, :mod:`nemo_smartpt.rlp.pipeline`) and
+every stage ends with the same prepared batch, so it must run outside Megatron's schedule. It turns packed pretraining tokens into a *prepared batch*: a dict of tensors that the training forward step
 (:mod:`nemo_smartpt.rlp.step`) consumes without further model calls, which is why that forward step runs under any
 TP/PP schedule::
 
@@ -32,6 +33,7 @@ import torch
 from nemo_smartpt.rlp.config import RLPConfig
 from nemo_smartpt.rlp.ema import ParamEMA
 from nemo_smartpt.rlp.megatron_logprobs import score_next_tokens
+from nemo_smartpt.rlp.pipeline import model_device
 from nemo_smartpt.rlp.positions import gather_context, sample_target_positions
 from nemo_smartpt.rlp.prompt import (
     ThoughtLayout,
@@ -161,7 +163,7 @@ class RLPPreparer:
         baseline_B = None
         with generation_mode(model) as gpt:
             self._check_length(gpt)
-            device = gpt.embedding.word_embeddings.weight.device
+            device = model_device(gpt)  # non-first pipeline stages have no embedding
             # Positions were drawn on the CPU generator; sampling draws on the logits' device (multinomial needs a
             # generator there), seeded from the same (seed, step, rank, micro-batch) key.
             sample_gen = step_generator(cfg.seed + 1, step, dp_rank, microbatch, device)

@@ -12,9 +12,12 @@ G·(P + R) tokens for re-encoding (``generate_no_cache``, the reference and the 
 - Tensor parallelism: the decode forward gathers the logits (``runtime_gather_output=True``; fine for sampling, the
   training loss never gathers). Every TP rank then holds identical logits and draws from a generator with the same
   seed, so all TP ranks sample the same tokens without a broadcast.
-- Pipeline parallelism: generation needs the whole model on one rank (PP = 1) and raises
-  :class:`~nemo_smartpt.rlp.megatron_logprobs.RLPPipelineError` otherwise. A stage-to-stage decode (p2p of the
-  ``[1, G, H]`` hidden state per token) is left for later; the training forward and loss run under PP.
+- Pipeline parallelism: each prefill/decode forward runs stage to stage (:func:`~nemo_smartpt.rlp.pipeline.
+  stage_forward`: p2p of the ``[S, rows, H]`` hidden states on megatron's pipeline group), every stage keeps the KV
+  cache of its own layers in its own inference context, the last stage samples, and the sampled ids and log-probs
+  are broadcast to every pipeline rank, so all stages feed the same next tokens and stop together. The prefill is
+  still one batch-1 forward per group. Under PP this is collective: every pipeline rank must call with the same
+  prompts (see :class:`~nemo_smartpt.rlp.pipeline.PipelineFeed`).
 - Determinism: draws come only from the ``torch.Generator`` passed in (the step seeds it from (seed, step,
   data-parallel rank, micro-batch)), so a run is reproducible per seed and rank.
 
@@ -30,7 +33,14 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
-from nemo_smartpt.rlp.megatron_logprobs import causal_mask, require_single_stage
+from nemo_smartpt.rlp.megatron_logprobs import causal_mask
+from nemo_smartpt.rlp.pipeline import (
+    broadcast_from_last_stage,
+    model_device,
+    pipeline_size,
+    stage_forward,
+    stage_model,
+)
 
 
 @dataclasses.dataclass
@@ -70,10 +80,10 @@ class RolloutGroup:
 def generation_mode(model) -> Iterator[torch.nn.Module]:
     """Eval mode + no grad on the live model; DDP forward pre-hooks off (params force-synced) while inside.
 
-    Yields the unwrapped ``GPTModel`` (single pipeline stage required).
+    Yields the unwrapped ``GPTModel`` (the whole model under PP = 1, this rank's stage under PP > 1).
     """
     chunks = model if isinstance(model, (list, tuple)) else [model]
-    gpt = require_single_stage(model)
+    gpt = stage_model(model)
     ddp_with_hooks = [m for m in chunks if getattr(m, "use_forward_hook", False)]
     for m in ddp_with_hooks:
         # Parameters may still be mid all-gather (overlap_param_gather); the sync makes them whole before we read.
@@ -182,6 +192,18 @@ class KVCacheSampler:
     def _sample(self, logits_NV, generator):
         return sample_tokens(logits_NV, self.temperature, self.top_p, self.greedy, generator)
 
+    def _sample_shared(self, logits_NV, num_rows: int, device, generator):
+        """Sample on the last pipeline stage (``logits_NV`` is None elsewhere) and give every stage the result."""
+        if pipeline_size() == 1:
+            return self._sample(logits_NV, generator)
+        if logits_NV is not None:
+            tokens_N, logp_N = self._sample(logits_NV, generator)
+            tokens_N, logp_N = tokens_N.long().contiguous(), logp_N.float().contiguous()
+        else:
+            tokens_N = torch.empty(num_rows, dtype=torch.long, device=device)
+            logp_N = torch.empty(num_rows, dtype=torch.float32, device=device)
+        return broadcast_from_last_stage(tokens_N), broadcast_from_last_stage(logp_N)
+
     def generate(
         self, gpt, prompt_ids: Sequence[int], num_samples: int, generator: torch.Generator | None = None
     ) -> RolloutGroup:
@@ -189,11 +211,14 @@ class KVCacheSampler:
         from megatron.core.inference.contexts import StaticInferenceContext
 
         G, P = num_samples, len(prompt_ids)
-        device = gpt.embedding.word_embeddings.weight.device
+        device = model_device(gpt)
         ctx = StaticInferenceContext(max_batch_size=G, max_sequence_length=P + self.max_new_tokens)
         ids_1P = torch.as_tensor([list(prompt_ids)], dtype=torch.long, device=device)
         pos_1P = torch.arange(P, device=device)[None]
-        logits = gpt(ids_1P, pos_1P, causal_mask(P, device), inference_context=ctx, runtime_gather_output=True)
+        # Under PP each stage caches its own layers in its own ctx; only the last stage gets logits (None elsewhere).
+        logits = stage_forward(
+            gpt, ids_1P, pos_1P, causal_mask(P, device), inference_context=ctx, runtime_gather_output=True
+        )
         self.counters.prefills += 1
         self.counters.prefill_tokens += P
         self.counters.forward_tokens += P
@@ -205,17 +230,18 @@ class KVCacheSampler:
         ctx.enable_decode_mode()
 
         rows = _Rows(G, self.stop_ids)
-        rows.append(*self._sample(logits[:, -1].expand(G, -1), generator))
+        first = None if logits is None else logits[:, -1].expand(G, -1)
+        rows.append(*self._sample_shared(first, G, device, generator))
         for k in range(1, self.max_new_tokens):
             if rows.all_done:
                 break
             last_G1 = torch.as_tensor([[t[-1]] for t in rows.tokens], dtype=torch.long, device=device)
             pos_G1 = torch.full((G, 1), P + k - 1, dtype=torch.long, device=device)
-            logits = gpt(last_G1, pos_G1, None, inference_context=ctx, runtime_gather_output=True)
+            logits = stage_forward(gpt, last_G1, pos_G1, None, inference_context=ctx, runtime_gather_output=True)
             ctx.increment_sequence_len_offset(1)
             self.counters.decode_forwards += 1
             self.counters.forward_tokens += G
-            rows.append(*self._sample(logits[:, -1], generator))
+            rows.append(*self._sample_shared(None if logits is None else logits[:, -1], G, device, generator))
         return rows.result(self.counters)
 
     def generate_groups(
@@ -233,6 +259,8 @@ class NoCacheSampler(KVCacheSampler):
     """
 
     def generate(self, gpt, prompt_ids, num_samples, generator=None) -> RolloutGroup:
+        if pipeline_size() > 1:
+            raise NotImplementedError("NoCacheSampler is the single-stage reference; use KVCacheSampler under PP")
         G, P = num_samples, len(prompt_ids)
         device = gpt.embedding.word_embeddings.weight.device
         rows = _Rows(G, self.stop_ids)

@@ -22,8 +22,12 @@ Two entry points:
 
 - :func:`rlp_forward_step` ``(cfg, data_iterator, model)`` for iterators of prepared batches (tests, custom loops);
   bind ``cfg`` with ``functools.partial``.
-- :class:`RLPForwardStep` for Bridge's ``pretrain()``: pulls packed samples from Bridge's iterator and prepares each
-  micro-batch lazily right before its training forward (generation inside the schedule's forward step; PP = 1).
+- :class:`RLPForwardStep` for Bridge's ``pretrain()``: under PP = 1 it pulls packed samples from Bridge's iterator and
+  prepares each micro-batch lazily right before its training forward (generation inside the schedule's forward step);
+  under PP > 1 the callback prepared the step's micro-batches before the schedule
+  (:class:`~nemo_smartpt.rlp.pipeline.PipelineFeed`) and it pops them, advancing and checking Bridge's iterator.
+  Prepared micro-batches differ in shape, so the pipeline p2p runs with ``variable_seq_lengths`` (the callback
+  switches it on for dense models).
 """
 
 from __future__ import annotations
@@ -135,9 +139,10 @@ class RLPForwardStep:
 
     Preparation (positions, rollouts, baseline) runs lazily inside the schedule's forward step, right before the
     training forward of the same micro-batch; so rollouts are always from the current weights, there is one data path
-    (Bridge's iterator), and nothing else in ``pretrain()`` changes. It needs pipeline_model_parallel_size = 1 (the
-    preparation runs the whole model); TP and DP work. Each micro-batch's RNG is seeded from (seed, step, DP rank,
-    micro-batch index).
+    (Bridge's iterator), and nothing else in ``pretrain()`` changes. Under PP > 1 preparation is collective and cannot
+    run inside the schedule: the callback prepares the whole step before it (``run.pipeline``) and this pops the
+    prepared micro-batches in order. Each micro-batch's RNG is seeded from (seed, step, DP rank, micro-batch index),
+    the same under both paths.
 
     Args:
         run: the shared :class:`~nemo_smartpt.rlp.callbacks.RLPRun` (config, preparer, EMA, stats).
@@ -153,6 +158,9 @@ class RLPForwardStep:
 
         if return_schedule_plan:
             raise NotImplementedError("RLP does not build combined 1F1B schedule plans")
+        if self.run.pipeline is not None:
+            prepared = self.run.pipeline.pop(data_iterator)
+            return rlp_forward(prepared, model), partial(rlp_loss_func, self.run.cfg, prepared)
         step = int(state.train_state.step)
         if step != self._step:
             self._step, self._microbatch = step, 0
