@@ -83,7 +83,8 @@ def eval_callback(task_files: dict[str, str], tokenizer, out_dir: str, max_len: 
             if parallel_state.get_pipeline_model_parallel_world_size() > 1 or (
                 parallel_state.get_tensor_model_parallel_world_size() > 1
             ):
-                print("[smartpt] eval skipped: the CPU evaluator needs TP=1 and PP=1 (use lm-evaluation-harness)")
+                if torch.distributed.get_rank() == 0:
+                    print("[smartpt] eval skipped: the CPU evaluator needs TP=1 and PP=1 (use lm-evaluation-harness)")
                 return
             results = evaluate_tasks(context.model[0], tokenizer, task_files, max_len)
             results["step"] = context.state.train_state.step

@@ -91,6 +91,10 @@ class RLPPhaseGate:
         gate = self
 
         class _Gate(Callback):
+            def on_data_init_start(self, context):
+                # Under pipeline parallelism the RLP callback takes a handle on the train dataset here.
+                gate.inner.on_data_init_start(context)
+
             def on_train_start(self, context):
                 gate.inner.on_train_start(context)
 

@@ -225,3 +225,40 @@ def test_train_with_a_local_hugging_face_tokenizer(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     records = metrics(run)
     assert len(records) == 4 and all(r["lm_loss"] == r["lm_loss"] for r in records)
+
+
+@pytest.mark.distributed
+def test_hopper_under_torchrun_with_two_pipeline_stages(tmp_path, bundled):
+    """The launcher path of the Slurm script (torchrun) with PP=2: next-token steps, then RLP across both stages."""
+    run = tmp_path / "pp2"
+    torchrun = Path(sys.executable).parent / "torchrun"
+    result = subprocess.run(
+        [
+            str(torchrun),
+            "--nproc-per-node=2",
+            "-m",
+            "nemo_smartpt",
+            "train",
+            "+experiment=hopper",
+            "model.pipeline_model_parallel_size=2",
+            f"out_dir={run}",
+            f"data.bundled_dir={bundled}",
+            "train.train_iters=6",
+            "schedule.rlp_steps=2",
+            "model.seq_length=128",
+            "train.global_batch_size=8",
+            "train.micro_batch_size=4",
+            "eval.enabled=false",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=dict(os.environ, PYTHONWARNINGS="ignore"),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = metrics(run)
+    assert [r["step"] for r in records] == list(range(1, 7))
+    assert all("lm_loss" in r for r in records[:4])
+    rlp = records[4:]
+    assert all(r["rlp_prefills"] == r["rlp_positions"] > 0 for r in rlp)
+    assert all(r["rlp_reward_mean"] == r["rlp_reward_mean"] for r in rlp)
