@@ -188,10 +188,13 @@ def test_bad_tier_weight_and_missing_file(tmp_path):
 
 
 def test_example_catalog_fits_the_schema():
-    # The example points at data the demo writes later; fake the counts to check everything else.
+    # The example points at the bundled corpus the demo writes; fake the counts to check everything else.
     path = Path(__file__).resolve().parents[2] / "conf" / "catalog" / "example.yaml"
     data = yaml.safe_load(path.read_text())
     cat = catalog_from_dict(data, base_dir=str(path.parent), path=str(path), read_counts=lambda prefix: (1000, 10))
     assert {s.category for s in cat.sources} >= {"crawl", "math", "reasoning"}
     reasoning = cat.source("reasoning")
-    assert reasoning.target_share == 0.2 and reasoning.phases == ["phase2"] and len(reasoning.prefixes) == 2
+    assert reasoning.target_share == 0.2 and reasoning.phases == ["phase2"]
+    root = path.parents[2]
+    for source in cat.sources:
+        assert [Path(p).resolve() for p in source.prefixes] == [root / "runs" / "bundled" / "indexed" / source.name]
