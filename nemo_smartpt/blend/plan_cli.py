@@ -2,7 +2,7 @@
 
 Examples::
 
-    smartpt plan catalog=conf/catalog/example.yaml budget_tokens=1e9 out=runs/plan
+    smartpt plan catalog=conf/catalog/example.yaml budget_tokens=2e5 out=runs/plan
     smartpt plan catalog=... budget_tokens=1e9 phase_boundaries=[0.8] phases.1.crawl_tiers=[high]
     smartpt plan catalog=... budget_tokens=1e9 out=runs/sweep sweep.category=math sweep.epochs=[1,2,4,6]
 
