@@ -16,6 +16,7 @@ Unknown keys fail with the parser's message, naming the key, before any work sta
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -27,6 +28,17 @@ from omegaconf.errors import OmegaConfBaseException
 
 class OverrideError(ValueError):
     """A command-line override that does not parse or does not fit the schema."""
+
+
+def hydra_quote(text: str) -> str:
+    """``text`` as a quoted Hydra string, so ``/ = , :``, brackets and spaces stay literal.
+
+    Inside Hydra's quoted strings a backslash is literal except in a run that precedes a quote (or the closing
+    quote): such runs are doubled and the quote itself escaped.
+    """
+    escaped = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", text)
+    escaped = re.sub(r"(\\+)$", lambda m: m.group(1) * 2, escaped)
+    return "'" + escaped + "'"
 
 
 def parse_overrides(overrides: list[str]) -> list[Override]:

@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from typing import Any
 
 from nemo_smartpt.blend.planner import PhasePlan, Plan, SourcePlan
+from nemo_smartpt.overrides import hydra_quote
 
 
 class PlanFileError(ValueError):
@@ -46,18 +46,10 @@ def megatron_lm_data_path(plan: Plan, phase: PhasePlan) -> str:
     return " ".join(f"{w:.12g} {prefix}" for prefix, w in prefix_weights(plan, phase))
 
 
-def _hydra_quote(text: str) -> str:
-    # Quoting keeps '/', '=', ',' and spaces literal. Inside Hydra's quoted strings a backslash is literal except in
-    # a run that precedes a quote (or the closing quote): such runs are doubled and the quote itself escaped.
-    escaped = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", text)
-    escaped = re.sub(r"(\\+)$", lambda m: m.group(1) * 2, escaped)
-    return "'" + escaped + "'"
-
-
 def bridge_override(plan: Plan, phase: PhasePlan) -> str:
     """Megatron-Bridge override setting ``dataset.blend`` (prefixes, weights) for this phase, in Hydra grammar."""
     pairs = prefix_weights(plan, phase)
-    prefixes = ",".join(_hydra_quote(p) for p, _ in pairs)
+    prefixes = ",".join(hydra_quote(p) for p, _ in pairs)
     weights = ",".join(f"{w:.12g}" for _, w in pairs)
     return f"dataset.blend=[[{prefixes}],[{weights}]]"
 

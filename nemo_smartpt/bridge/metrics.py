@@ -43,7 +43,6 @@ class MetricsCallback:
         self.phase_starts = phase_starts or []
         self.extra = extra or []
         self.tokens_per_sample = tokens_per_sample
-        self.records: list[dict] = []
 
     def phase_at(self, sample: int) -> str | None:
         name = None
@@ -115,7 +114,6 @@ class MetricsCallback:
         self._phase, self._t_last = phase, now
         if not self._is_writer():
             return
-        self.records.append(record)
         with self.path.open("a") as handle:
             handle.write(json.dumps(record) + "\n")
         writer = getattr(context.state, "tensorboard_logger", None)

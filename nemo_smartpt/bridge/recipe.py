@@ -55,7 +55,7 @@ def cpu_pretrain_config(
         lr: peak learning rate (constant after a one-step warm-up; tiny runs need no decay).
         tensor_parallel / pipeline_parallel: model-parallel sizes.
         seed: RNG seed for weights, dropout and data order.
-        eval_interval: run validation every N steps (None: only at the end... disabled if 0).
+        eval_interval: run validation every N steps (None or 0: no validation).
         save_interval: checkpoint every N steps (None: no checkpoints).
     """
     from megatron.bridge.models.gpt_provider import GPTModelProvider, local_layer_spec

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from nemo_smartpt.overrides import OverrideError, parse_overrides
+from nemo_smartpt.overrides import OverrideError, hydra_quote, parse_overrides
 from nemo_smartpt.rlp.config import RLPConfig
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
@@ -120,8 +120,8 @@ def _hydra_value(value) -> str:
         return "[" + ",".join(_hydra_value(v) for v in value) + "]"
     if isinstance(value, dict):
         return "{" + ",".join(f"{k}:{_hydra_value(v)}" for k, v in value.items()) + "}"
-    if isinstance(value, str) and any(c in value for c in " ,[]{}=:'\"") and not value.startswith("'"):
-        return "'" + value.replace("'", "\\'") + "'"
+    if isinstance(value, str) and any(c in value for c in " ,[]{}=:'\"\\"):
+        return hydra_quote(value)
     return str(value)
 
 

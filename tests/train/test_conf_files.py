@@ -88,3 +88,12 @@ def test_unknown_reasoning_source_is_named(tmp_path):
     )
     with pytest.raises(OverrideError, match="reasoning_xyz"):
         run_catalog(cfg, tmp_path)
+
+
+def test_preset_values_survive_hydra_quoting():
+    from nemo_smartpt.bridge.train_config import flatten
+    from nemo_smartpt.overrides import parse_overrides
+
+    tricky = "Think, then {think_close}: a=b [c] 'quoted' back\\slash\\"
+    (override,) = parse_overrides(flatten({"rlp": {"thought_prompt": tricky}}))
+    assert override.key_or_group == "rlp.thought_prompt" and override.value() == tricky
