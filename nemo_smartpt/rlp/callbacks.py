@@ -44,7 +44,7 @@ from nemo_smartpt.rlp.ema import ParamEMA
 from nemo_smartpt.rlp.flops import ModelFlopsSpec, ntp_flops_per_token, paper_ntp_equivalent_tokens, rlp_step_flops
 from nemo_smartpt.rlp.megatron_logprobs import RLPPipelineError, unwrap_model
 from nemo_smartpt.rlp.pipeline import PipelineFeed
-from nemo_smartpt.rlp.prepare import PrepStats, RLPPreparer
+from nemo_smartpt.rlp.prepare import PrepStats, RLPPreparer, resolve_generation_engine
 from nemo_smartpt.rlp.prompt import ThoughtLayout
 from nemo_smartpt.rlp.rollout import RolloutCounters
 from nemo_smartpt.rlp.step import RLPForwardStep
@@ -118,6 +118,8 @@ def step_metrics(run: RLPRun, loss_dict: dict, stats: PrepStats, counters: Rollo
             "rlp positions": stats.positions,
             "rlp skipped documents": stats.skipped_documents,
             "rlp prefills": counters.prefills,
+            "rlp prefill tokens": counters.prefill_tokens,
+            "rlp prefix cached tokens": counters.prefix_cached_tokens,
             "rlp generation s": stats.generation_s,
             "rlp baseline s": stats.baseline_s,
             "rlp step s": step_s,
@@ -194,6 +196,9 @@ def _make_callback_class():
                 run.flops_spec = model_flops_spec(context.model)
             if run.seq_length is None:
                 run.seq_length = getattr(state.cfg.model, "seq_length", None)
+            if _is_metrics_writer():
+                engine = resolve_generation_engine(run.cfg.generation_engine)
+                print(f"[rlp] generation engine: {engine} (rlp.generation_engine={run.cfg.generation_engine})")
 
         def on_train_step_start(self, context):
             self.run.preparer.stats = PrepStats()
@@ -280,6 +285,11 @@ def _pipeline_feed(run: RLPRun, state, model) -> PipelineFeed:
                 "moe_token_dispatcher_type='alltoall'): prepared micro-batches vary in shape"
             )
         live.variable_seq_lengths = True
+    if run.cfg.generation_engine == "dynamic":
+        raise RLPPipelineError(
+            "rlp.generation_engine=dynamic runs megatron-core's engine on one pipeline stage; under pipeline "
+            "parallelism use rlp.generation_engine=kv_cache (or auto)"
+        )
     if getattr(cfg.validation, "eval_iters", 0):
         # Evaluation reuses the forward step inside a forward-only schedule, where collective preparation would
         # deadlock just as in training, and nothing prepares the validation samples ahead of it.

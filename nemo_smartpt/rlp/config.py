@@ -15,6 +15,7 @@ from nemo_smartpt.rlp.objective import AGGREGATIONS, available_estimators
 from nemo_smartpt.rlp.prompt import DEFAULT_THOUGHT_PROMPT
 
 BASELINES = ("ema", "current", "none")
+GENERATION_ENGINES = ("auto", "kv_cache", "dynamic")
 TRUNCATION_POLICIES = ("force_close", "exclude")
 # Estimators under which a per-group constant added to every reward leaves the advantages unchanged, so S_ema
 # (identical for all G thoughts of a position) cancels from the gradient and only changes the logged reward.
@@ -48,6 +49,30 @@ class RLPConfig:
 
     top_p: float = 1.0
     """Nucleus sampling threshold; 1.0 disables it (the paper does not mention nucleus sampling)."""
+
+    generation_engine: str = "auto"
+    """Who generates the thoughts: ``kv_cache`` (our sampler over megatron-core's static KV cache: one prefill per
+    group, any TP/PP, CPU or GPU), ``dynamic`` (megatron-core's ``DynamicInferenceEngine``: paged KV, prefix caching,
+    every group of a micro-batch in flight at once; needs flash-attn and one pipeline stage) or ``auto`` (``dynamic``
+    when CUDA and flash-attn are present and PP = 1, else ``kv_cache``)."""
+
+    dynamic_block_size_tokens: int = 256
+    """KV block size of the dynamic engine; prefix caching shares only complete blocks of a prompt (flash-attn 2's
+    paged kernels need a multiple of 256)."""
+
+    dynamic_buffer_size_gb: float = 20.0
+    """KV buffer the dynamic engine reserves on the GPU (megatron-core's default); requests queue when it is full."""
+
+    dynamic_max_requests: int | None = None
+    """Cap on concurrently active rollout requests in the dynamic engine (None: sized from the buffer)."""
+
+    dynamic_release_kv: bool = True
+    """Suspend the dynamic engine after each generation, freeing its KV buffer for the training step (it is
+    reallocated at the next generation)."""
+
+    dynamic_mamba_prefix_cache_gb: float = 1.0
+    """Hybrid (Mamba) models only: memory for Mamba states cached at shared prefix block boundaries; without it
+    megatron-core disables prefix caching for hybrid models."""
 
     ema_decay: float = 0.999
     """τ in φ ← τ·φ + (1−τ)·θ, applied after every optimizer step (paper: 0.999, best of 0.99..0.9995)."""
@@ -118,6 +143,31 @@ class RLPConfig:
             f"must be > 0, got {self.temperature}",
         )
         _require(0.0 < self.top_p <= 1.0, "top_p", f"must be in (0, 1], got {self.top_p}")
+        _require(
+            self.generation_engine in GENERATION_ENGINES,
+            "generation_engine",
+            f"{self.generation_engine!r} is not one of {GENERATION_ENGINES}",
+        )
+        _require(
+            self.dynamic_block_size_tokens >= 1,
+            "dynamic_block_size_tokens",
+            f"must be >= 1, got {self.dynamic_block_size_tokens}",
+        )
+        _require(
+            self.dynamic_buffer_size_gb > 0,
+            "dynamic_buffer_size_gb",
+            f"must be > 0, got {self.dynamic_buffer_size_gb}",
+        )
+        _require(
+            self.dynamic_mamba_prefix_cache_gb >= 0,
+            "dynamic_mamba_prefix_cache_gb",
+            f"must be >= 0, got {self.dynamic_mamba_prefix_cache_gb}",
+        )
+        _require(
+            self.dynamic_max_requests is None or self.dynamic_max_requests >= 1,
+            "dynamic_max_requests",
+            f"must be >= 1 or null, got {self.dynamic_max_requests}",
+        )
         _require(0.0 <= self.ema_decay < 1.0, "ema_decay", f"must be in [0, 1), got {self.ema_decay}")
         _require(self.baseline in BASELINES, "baseline", f"{self.baseline!r} is not one of {BASELINES}")
         _require(self.baseline_every >= 1, "baseline_every", f"must be >= 1, got {self.baseline_every}")

@@ -33,7 +33,7 @@ import torch
 from nemo_smartpt.rlp.config import RLPConfig
 from nemo_smartpt.rlp.ema import ParamEMA
 from nemo_smartpt.rlp.megatron_logprobs import score_next_tokens
-from nemo_smartpt.rlp.pipeline import model_device
+from nemo_smartpt.rlp.pipeline import model_device, pipeline_size
 from nemo_smartpt.rlp.positions import gather_context, sample_target_positions
 from nemo_smartpt.rlp.prompt import (
     ThoughtLayout,
@@ -43,6 +43,43 @@ from nemo_smartpt.rlp.prompt import (
     stack_groups,
 )
 from nemo_smartpt.rlp.rollout import KVCacheSampler, RolloutCounters, generation_mode
+
+
+def resolve_generation_engine(requested: str) -> str:
+    """``rlp.generation_engine`` after ``auto``: the dynamic engine where its kernels exist and PP = 1."""
+    if requested != "auto":
+        return requested
+    if not torch.cuda.is_available() or pipeline_size() > 1:
+        return "kv_cache"
+    try:
+        import flash_attn  # noqa: F401  (the dynamic engine's attention kernels)
+    except ImportError:
+        return "kv_cache"
+    return "dynamic"
+
+
+def build_sampler(cfg: RLPConfig, layout: ThoughtLayout, counters: RolloutCounters):
+    """The rollout sampler ``rlp.generation_engine`` asks for, counting into ``counters``."""
+    common = dict(
+        max_new_tokens=cfg.max_thought_tokens,
+        stop_ids=layout.think_close_ids,
+        temperature=cfg.temperature,
+        top_p=cfg.top_p,
+        counters=counters,
+    )
+    if resolve_generation_engine(cfg.generation_engine) == "kv_cache":
+        return KVCacheSampler(**common)
+    from nemo_smartpt.rlp.dynamic_rollout import DynamicEngineSampler
+
+    return DynamicEngineSampler(
+        **common,
+        block_size_tokens=cfg.dynamic_block_size_tokens,
+        buffer_size_gb=cfg.dynamic_buffer_size_gb,
+        max_requests=cfg.dynamic_max_requests,
+        max_prompt_tokens=len(layout.prompt_ids) + cfg.max_context + len(layout.think_open_ids),
+        release_kv=cfg.dynamic_release_kv,
+        mamba_prefix_cache_gb=cfg.dynamic_mamba_prefix_cache_gb,
+    )
 
 
 class RLPSequenceLengthError(ValueError):
@@ -101,13 +138,7 @@ class RLPPreparer:
         self.eod_id = eod_id
         self.ema = ema
         self.counters = counters if counters is not None else RolloutCounters()
-        self.sampler = KVCacheSampler(
-            max_new_tokens=cfg.max_thought_tokens,
-            stop_ids=layout.think_close_ids,
-            temperature=cfg.temperature,
-            top_p=cfg.top_p,
-            counters=self.counters,
-        )
+        self.sampler = None  # built at the first preparation, when the pipeline size is known (rlp.generation_engine)
         self.stats = PrepStats()
 
     def _check_length(self, gpt) -> None:
@@ -167,7 +198,9 @@ class RLPPreparer:
             # Positions were drawn on the CPU generator; sampling draws on the logits' device (multinomial needs a
             # generator there), seeded from the same (seed, step, rank, micro-batch) key.
             sample_gen = step_generator(cfg.seed + 1, step, dp_rank, microbatch, device)
-            groups = [self.sampler.generate(gpt, p, cfg.num_rollouts, sample_gen) for p in prompts]
+            if self.sampler is None:
+                self.sampler = build_sampler(cfg, layout, self.counters)
+            groups = self.sampler.generate_batch(gpt, prompts, cfg.num_rollouts, sample_gen)
             t1 = time.perf_counter()
             if cfg.computes_baseline_at(step):
                 baseline_B = self._baseline(gpt, contexts, device)

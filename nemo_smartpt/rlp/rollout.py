@@ -60,6 +60,10 @@ class RolloutCounters:
     """Token positions pushed through the model, all forwards together."""
     generated_tokens: int = 0
     """Tokens returned in thoughts (after stopping)."""
+    prefix_cached_tokens: int = 0
+    """Prompt tokens served from the dynamic engine's prefix cache instead of being encoded again."""
+    engine_steps: int = 0
+    """Forward steps of the dynamic engine (each one batches every active request)."""
 
     def reset(self) -> None:
         for f in dataclasses.fields(self):
@@ -244,12 +248,18 @@ class KVCacheSampler:
             rows.append(*self._sample_shared(None if logits is None else logits[:, -1], G, device, generator))
         return rows.result(self.counters)
 
+    def generate_batch(
+        self, gpt, prompts: Sequence[Sequence[int]], num_samples: int, generator: torch.Generator | None = None
+    ) -> list[RolloutGroup]:
+        """One group per prompt, group after group (``gpt`` is the model inside :func:`generation_mode`)."""
+        return [self.generate(gpt, p, num_samples, generator) for p in prompts]
+
     def generate_groups(
         self, model, prompts: Sequence[Sequence[int]], num_samples: int, generator: torch.Generator | None = None
     ) -> list[RolloutGroup]:
         """One group per prompt, from the live (possibly wrapped) training model."""
         with generation_mode(model) as gpt:
-            return [self.generate(gpt, p, num_samples, generator) for p in prompts]
+            return self.generate_batch(gpt, prompts, num_samples, generator)
 
 
 class NoCacheSampler(KVCacheSampler):

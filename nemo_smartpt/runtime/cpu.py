@@ -96,6 +96,12 @@ SHIMS: tuple[Shim, ...] = (
         "grad buffers record on torch.cuda.current_stream()",
     ),
     Shim(
+        "memory_stats",
+        "megatron.core.inference.engines.dynamic_engine",
+        'start_mem_alloc = start_mem["allocated_bytes.all.current"]',
+        "the dynamic inference engine's suspend/resume logs torch.cuda.memory_stats() keys, empty without CUDA",
+    ),
+    Shim(
         "type_strings",
         "megatron.core.optimizer.clip_grads",
         "assert param.grad.type() == 'torch.cuda.FloatTensor'",
@@ -239,6 +245,9 @@ def _patch_torch_cuda() -> None:
     cuda.memory_allocated = lambda device=None: 0
     cuda.max_memory_allocated = lambda device=None: 0
     cuda.reset_peak_memory_stats = _noop
+    cuda.memory_stats = lambda device=None: dict.fromkeys(
+        ("allocated_bytes.all.current", "reserved_bytes.all.current"), 0
+    )
     for name in ("range_push", "range_pop", "mark"):
         setattr(cuda.nvtx, name, _noop)
     cuda.nvtx.range = lambda *args, **kwargs: contextlib.nullcontext()

@@ -1,0 +1,181 @@
+"""Rollouts through megatron-core's DynamicInferenceEngine (prefix caching) over the live megatron GPTModel.
+
+The engine's flash-attn kernels do not exist on CPU; :mod:`nemo_smartpt.testing.paged_attention` substitutes
+reference paged-attention kernels (only the kernels: the engine, its paged KV cache, prefix caching, scheduler, stop
+words and sampling are megatron-core's own). The reference for every comparison is our KV-cache sampler, itself tested
+token for token against re-encoding without a cache.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from nemo_smartpt.rlp.dynamic_rollout import DynamicEngineSampler
+from nemo_smartpt.rlp.rollout import KVCacheSampler, RolloutCounters
+from nemo_smartpt.testing.paged_attention import install_reference_paged_attention
+
+STOP = (5, 6)  # a two-token </think>
+BLOCK = 8
+
+
+@pytest.fixture
+def paged_attention():
+    with install_reference_paged_attention():
+        yield
+
+
+@pytest.fixture
+def gpt(single_process_group):
+    from nemo_smartpt.testing.megatron import TinyGPTSpec, build_tiny_gpt
+
+    return build_tiny_gpt(TinyGPTSpec(vocab_size=128, seq_length=128))
+
+
+def _prompts(lengths=(20, 37, 9), seed=3):
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, 120, (n,), generator=gen).tolist() for n in lengths]
+
+
+def _dynamic(counters=None, **kwargs):
+    kwargs.setdefault("temperature", 1.0)
+    return DynamicEngineSampler(
+        10, STOP, counters=counters, block_size_tokens=BLOCK, buffer_size_gb=0.01, max_prompt_tokens=64, **kwargs
+    )
+
+
+def test_greedy_equals_kv_cache_sampler_and_prefix_blocks_are_shared(gpt, paged_attention):
+    prompts, G = _prompts(), 3
+    counters = RolloutCounters()
+    got = _dynamic(counters, greedy=True).generate_groups(gpt, prompts, G)
+    ref = KVCacheSampler(10, STOP, temperature=1.0, greedy=True).generate_groups(gpt, prompts, G)
+    for g, r in zip(got, ref):
+        assert g.thoughts == r.thoughts
+        torch.testing.assert_close(torch.tensor(g.logprobs), torch.tensor(r.logprobs), rtol=1e-5, atol=1e-5)
+    # Every prompt token of every request was either encoded or served from the prefix cache ...
+    assert counters.prefill_tokens + counters.prefix_cached_tokens == G * sum(map(len, prompts))
+    # ... and the cache served, for all but the first request of each group, every complete KV block of the prompt
+    # except that megatron always recomputes at least two prompt tokens (a one-token prefill would take its decode
+    # kernel): floor((P - 2) / block) blocks per request.
+    assert counters.prefix_cached_tokens == (G - 1) * sum((len(p) - 2) // BLOCK * BLOCK for p in prompts)
+    assert counters.groups == len(prompts) and counters.generated_tokens == sum(
+        len(t) for g in got for t in g.thoughts
+    )
+
+
+def test_multi_token_stop_is_kept_and_ends_the_thought(gpt, paged_attention):
+    # Find a stop pair the greedy model actually emits, so that stopping is exercised rather than the length limit.
+    prompts = _prompts((21,), seed=5)
+    free = KVCacheSampler(12, (126, 127), temperature=1.0, greedy=True).generate_groups(gpt, prompts, 2)[0].thoughts[0]
+    stop = tuple(free[3:5])
+    if stop[0] in free[:3] and free[free.index(stop[0]) + 1] == stop[1]:
+        pytest.skip("the greedy continuation repeats the chosen pair earlier")
+    got = DynamicEngineSampler(
+        12, stop, temperature=1.0, greedy=True, block_size_tokens=BLOCK, buffer_size_gb=0.01, max_prompt_tokens=64
+    ).generate_groups(gpt, prompts, 2)
+    assert got[0].thoughts == [free[:5], free[:5]]
+    assert len(got[0].logprobs[0]) == 5
+
+
+def test_sampling_is_seeded_and_rows_differ(gpt, paged_attention):
+    prompts = _prompts()[:2]
+    sampler = _dynamic(temperature=0.7)
+
+    def run(seed):
+        return [g.thoughts for g in sampler.generate_groups(gpt, prompts, 4, torch.Generator().manual_seed(seed))]
+
+    a, b, c = run(1), run(1), run(2)
+    assert a == b and a != c
+    assert len({tuple(t) for t in a[0]}) > 1  # G samples of one prompt are distinct draws
+
+
+@pytest.mark.parametrize("release_kv", [True, False], ids=["release_kv", "persist_kv"])
+def test_fresh_weights_are_never_served_from_a_stale_prefix_cache(gpt, paged_attention, release_kv):
+    prompts = _prompts()
+    sampler = _dynamic(greedy=True, release_kv=release_kv)
+    before = sampler.generate_groups(gpt, prompts, 2)
+    with torch.no_grad():
+        for p in gpt.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    after = sampler.generate_groups(gpt, prompts, 2)  # the same engine, the same prompts, new weights
+    ref = KVCacheSampler(10, STOP, temperature=1.0, greedy=True).generate_groups(gpt, prompts, 2)
+    assert [g.thoughts for g in after] == [g.thoughts for g in ref]
+    assert [g.thoughts for g in after] != [g.thoughts for g in before]
+
+
+def test_training_forward_is_untouched_by_the_engine(gpt, paged_attention):
+    from megatron.core.inference.utils import InferenceMode
+
+    from nemo_smartpt.rlp.megatron_logprobs import causal_mask
+
+    ids = torch.tensor([_prompts((16,))[0]])
+    pos = torch.arange(16)[None]
+    gpt.train()
+    before = gpt(ids, pos, causal_mask(16, ids.device))
+    _dynamic(temperature=0.7).generate_groups(gpt, _prompts(), 3, torch.Generator().manual_seed(0))
+    assert not InferenceMode.is_active() and gpt.training
+    assert all(p.grad is None for p in gpt.parameters())
+    torch.testing.assert_close(gpt(ids, pos, causal_mask(16, ids.device)), before, rtol=0, atol=0)
+
+
+def test_prompt_longer_than_the_engine_was_sized_for_is_named(gpt, paged_attention):
+    from nemo_smartpt.rlp.dynamic_rollout import DynamicEngineError
+
+    with pytest.raises(DynamicEngineError, match="70 tokens.*max_prompt_tokens=64"):
+        _dynamic(greedy=True).generate_groups(gpt, [list(range(70))], 2)
+
+
+def _train_with_dynamic_engine(rank, world_size, data_dir: str, out_dir: str):
+    from megatron.bridge.training.pretrain import pretrain
+
+    from nemo_smartpt.bridge.indexed_provider import IndexedGPTProvider
+    from nemo_smartpt.bridge.recipe import TinyModelConfig, cpu_pretrain_config
+    from nemo_smartpt.rlp import RLPConfig, ThoughtLayout
+    from nemo_smartpt.rlp.callbacks import build_rlp_training
+    from nemo_smartpt.rlp.dynamic_rollout import DynamicEngineSampler
+
+    model = TinyModelConfig(num_layers=2, hidden_size=64, num_attention_heads=4, seq_length=64, vocab_size=64)
+    provider = IndexedGPTProvider(prefixes=[f"{data_dir}/train"], seq_length=model.seq_length)
+    cfg = cpu_pretrain_config(provider, out_dir, model=model, train_iters=2, global_batch_size=4, micro_batch_size=2)
+    cfg.model.calculate_per_token_loss = True
+    rlp = RLPConfig(
+        num_rollouts=4,
+        max_thought_tokens=8,
+        min_context=12,
+        max_context=24,
+        seed=7,
+        generation_engine="dynamic",
+        dynamic_block_size_tokens=BLOCK,
+        dynamic_buffer_size_gb=0.01,
+    )
+    layout = ThoughtLayout(prompt_ids=(60,), think_open_ids=(61,), think_close_ids=(62,), pad_id=0)
+    forward_step, callbacks = build_rlp_training(rlp, layout, eod_id=63, run_dir=out_dir)
+    with install_reference_paged_attention():
+        pretrain(cfg, forward_step, callbacks=callbacks)
+    run = callbacks[0].run
+    return type(run.preparer.sampler) is DynamicEngineSampler, run.totals
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_rlp_trains_through_bridge_pretrain_with_the_dynamic_engine(tmp_path):
+    import json
+    import math
+
+    from nemo_smartpt.testing.distributed import run_distributed
+    from nemo_smartpt.testing.indexed_data import progression_documents, write_indexed_dataset
+
+    docs = progression_documents(num_docs=300, vocab_size=60, eod=63, min_len=16, max_len=40, seed=0)
+    write_indexed_dataset(tmp_path / "data" / "train", docs)
+    out = tmp_path / "run"
+    ((used_engine, totals),) = run_distributed(
+        _train_with_dynamic_engine, 1, str(tmp_path / "data"), str(out), timeout=600
+    )
+    assert used_engine and totals["steps"] == 2 and totals["generated_tokens"] > 0
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in lines] == [1, 2]
+    for m in lines:
+        for key in ("rlp loss", "rlp reward mean", "rlp s_pred mean", "rlp s_ema mean", "rlp thought length"):
+            assert math.isfinite(m[key]), key
+        # Contexts of >= 12 tokens behind a one-token prompt: every group after its first request reuses >= 1 block.
+        assert m["rlp prefix cached tokens"] >= (4 - 1) * BLOCK * m["rlp positions"] > 0
