@@ -177,4 +177,9 @@ def check_train_config(cfg: TrainConfig) -> None:
         raise OverrideError(f"recipe must be one of {', '.join(RECIPES)}, got {cfg.recipe!r}")
     if cfg.schedule.rlp_steps < 0:
         raise OverrideError(f"schedule.rlp_steps must be >= 0, got {cfg.schedule.rlp_steps}")
-    cfg.rlp.validate()
+    from nemo_smartpt.rlp.config import RLPConfigError
+
+    try:
+        cfg.rlp.validate()
+    except RLPConfigError as exc:  # a bad rlp.* override: one line naming the field, like every other key
+        raise OverrideError(str(exc)) from exc

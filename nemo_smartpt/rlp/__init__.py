@@ -20,7 +20,8 @@ Modules: ``config`` (defaults), ``objective`` (eq. 5/7/8 and metrics), ``positio
 ``prompt`` (thought prompt, token layouts), ``ema`` (weight EMA), ``flops`` (FLOP accounting, NTP-equivalent tokens).
 
 Megatron-facing modules (import them explicitly; megatron is imported lazily inside): ``megatron_logprobs``
-(vocab-parallel log-probs under TP), ``rollout`` (shared-prefix KV-cache sampler over the live model), ``prepare``
+(vocab-parallel log-probs under TP), ``rollout`` (shared-prefix KV-cache sampler over the live model),
+``dynamic_rollout`` (megatron-core's dynamic inference engine with prefix caching, the GPU generation path), ``prepare``
 (positions → rollouts → scoring rows → S_ema, per micro-batch), ``step`` (the Megatron forward step and loss; runs
 under TP and PP), ``pipeline`` (stage-to-stage generation and preparation ahead of the schedule under PP),
 ``callbacks`` (Bridge ``pretrain()`` wiring: ``build_rlp_training``, EMA lifecycle, metrics; TP, PP and DP).

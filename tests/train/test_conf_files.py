@@ -97,3 +97,10 @@ def test_preset_values_survive_hydra_quoting():
     tricky = "Think, then {think_close}: a=b [c] 'quoted' back\\slash\\"
     (override,) = parse_overrides(flatten({"rlp": {"thought_prompt": tricky}}))
     assert override.key_or_group == "rlp.thought_prompt" and override.value() == tricky
+
+
+def test_bad_rlp_override_is_named_as_an_override_error():
+    cfg = build_config(TrainConfig, ["rlp.generation_engine=vllm"])
+    with pytest.raises(OverrideError, match=r"rlp\.generation_engine: 'vllm' is not one of"):
+        check_train_config(cfg)
+    check_train_config(build_config(TrainConfig, ["rlp.generation_engine=dynamic", "rlp.dynamic_max_requests=null"]))
