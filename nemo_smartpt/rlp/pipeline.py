@@ -83,7 +83,8 @@ def stage_forward(gpt, input_ids: torch.Tensor, position_ids, attention_mask, **
 
     cfg = gpt.config
     if cfg.sequence_parallel:
-        raise NotImplementedError("stage-to-stage RLP generation does not support sequence_parallel")
+        # generation_mode switches it off; a caller outside it would send sequence-split hidden states.
+        raise NotImplementedError("stage-to-stage forwards need sequence_parallel off (use rollout.generation_mode)")
     dtype = cfg.pipeline_dtype or cfg.params_dtype
     group = parallel_state.get_pipeline_model_parallel_group()
     if not parallel_state.is_pipeline_first_stage():

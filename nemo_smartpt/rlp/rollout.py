@@ -80,9 +80,42 @@ class RolloutGroup:
     """log softmax(z / T) of each returned token under the rollout forward."""
 
 
+_SEQUENCE_PARALLEL_ATTRS = ("sequence_parallel", "scatter_to_sequence_parallel", "reduce_scatter_embeddings")
+
+
+@contextlib.contextmanager
+def sequence_parallel_off(gpt) -> Iterator[None]:
+    """Turn sequence parallelism off in ``gpt`` (config and every module flag) while inside; restore each exactly.
+
+    Generation feeds one token per row per forward, which cannot be split along the sequence over TP ranks (megatron's
+    static inference refuses sequence parallelism for dense models for the same reason); without it the TP layers
+    all-reduce instead of reduce-scatter, on identical weights. Flags are saved per module, not reset to one value.
+    """
+    config = gpt.config
+    if not getattr(config, "sequence_parallel", False):
+        yield
+        return
+    saved = [
+        (module, attr, getattr(module, attr))
+        for module in gpt.modules()
+        for attr in _SEQUENCE_PARALLEL_ATTRS
+        if isinstance(getattr(module, attr, None), bool)
+    ]
+    config.sequence_parallel = False
+    for module, attr, _ in saved:
+        setattr(module, attr, False)
+    try:
+        yield
+    finally:
+        config.sequence_parallel = True
+        for module, attr, value in saved:
+            setattr(module, attr, value)
+
+
 @contextlib.contextmanager
 def generation_mode(model) -> Iterator[torch.nn.Module]:
-    """Eval mode + no grad on the live model; DDP forward pre-hooks off (params force-synced) while inside.
+    """Eval mode + no grad on the live model; DDP forward pre-hooks off (params force-synced) and sequence
+    parallelism off (:func:`sequence_parallel_off`) while inside.
 
     Yields the unwrapped ``GPTModel`` (the whole model under PP = 1, this rank's stage under PP > 1).
     """
@@ -95,7 +128,7 @@ def generation_mode(model) -> Iterator[torch.nn.Module]:
     was_training = gpt.training
     gpt.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), sequence_parallel_off(gpt):
             yield gpt
     finally:
         gpt.train(was_training)
