@@ -4,7 +4,9 @@ One Bridge callback (:class:`MetricsCallback`) writes, after every optimizer ste
 per-source and per-phase losses from the next-token step's :class:`~nemo_smartpt.bridge.ntp_step.LossBreakdown`,
 anything extra sources add (RLP metrics), throughput and FLOPs, and the phase switch when the stream crosses a planned
 boundary. Only the last rank writes (Bridge's own tensorboard writer lives there too), after the data-parallel
-reduction, so the numbers are global.
+reduction, so the numbers are global. Each validation pass appends its averaged losses to ``validation.jsonl`` (one
+line per evaluation: step, consumed samples, phase, ``lm_loss``, perplexity; Bridge's end-of-training validation adds a
+last line at the final step) and to tensorboard as ``smartpt/val_*``.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ class MetricsCallback:
         tokens_per_sample: sequence length, for tokens/s.
         """
         self.path = Path(out_dir) / "metrics.jsonl"
+        self.validation_path = Path(out_dir) / "validation.jsonl"
         self.breakdown = breakdown
         self.phase_starts = phase_starts or []
         self.extra = extra or []
@@ -63,6 +66,9 @@ class MetricsCallback:
             def on_train_step_end(self, context):
                 outer._step(context)
 
+            def on_eval_end(self, context):
+                outer._validation(context)
+
         return _Metrics()
 
     # ------------------------------------------------------------------------------------------------ internals
@@ -78,6 +84,28 @@ class MetricsCallback:
         self._phase = self.phase_at(context.state.train_state.consumed_train_samples)
         if self._is_writer():
             self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def _validation(self, context) -> None:
+        """One line per validation pass: Bridge's averaged eval losses (on the last rank, which holds them)."""
+        if not self._is_writer():
+            return
+        ts = context.state.train_state
+        record: dict = {"step": int(ts.step), "consumed_samples": int(ts.consumed_train_samples)}
+        record["phase"] = self.phase_at(max(int(ts.consumed_train_samples) - 1, 0))
+        for key, value in (context.total_loss_dict or {}).items():
+            value = float(value)
+            record[key.replace(" ", "_")] = value
+            if key == "lm loss":
+                record["ppl"] = math.exp(min(value, 20.0))
+        with self.validation_path.open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        writer = getattr(context.state, "tensorboard_logger", None)
+        if writer is not None:
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
+                    writer.add_scalar(f"smartpt/val_{key}", value, record["step"])
+        if "lm_loss" in record:
+            print(f"[smartpt] validation at step {record['step']}: lm loss {record['lm_loss']:.4f}", flush=True)
 
     def _step(self, context) -> None:
         from megatron.core import parallel_state

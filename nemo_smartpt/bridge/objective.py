@@ -63,6 +63,7 @@ def build_objective(run):
         rlp_step, rlp_callbacks = build_rlp_training(run.cfg.rlp, layout, eod_id=tokenizer.eod, run_dir=None)
         forward.rlp_step, forward.switch_at = rlp_step, run.schedule["ntp_steps"]
         rlp_run = rlp_callbacks[0].run
+        rlp_run.eval_uses_rlp = False  # SwitchingForwardStep validates with the next-token step
         callbacks.extend(RLPPhaseGate(cb, forward.switch_at).build() for cb in rlp_callbacks)
         extra.append(lambda: rlp_run.last_metrics if getattr(rlp_run, "last_fresh", False) else {})
     metrics = MetricsCallback(str(run.out), breakdown, starts, extra, tokens_per_sample=run.seq_length)

@@ -72,6 +72,9 @@ class RLPRun:
     """Preparation ahead of the schedule (pipeline_model_parallel_size > 1 only)."""
     train_dataset: object = None
     """The training dataset Bridge built (captured at data setup; read under PP only)."""
+    eval_uses_rlp: bool = True
+    """Whether validation runs this RLP forward step. ``smartpt train`` validates with the next-token step instead
+    (comparable across arms), which pipeline parallelism runs like any Megatron evaluation."""
 
 
 def ema_params(model) -> list[torch.Tensor]:
@@ -290,7 +293,7 @@ def _pipeline_feed(run: RLPRun, state, model) -> PipelineFeed:
             "rlp.generation_engine=dynamic runs megatron-core's engine on one pipeline stage; under pipeline "
             "parallelism use rlp.generation_engine=kv_cache (or auto)"
         )
-    if getattr(cfg.validation, "eval_iters", 0):
+    if run.eval_uses_rlp and getattr(cfg.validation, "eval_iters", 0):
         # Evaluation reuses the forward step inside a forward-only schedule, where collective preparation would
         # deadlock just as in training, and nothing prepares the validation samples ahead of it.
         raise RLPPipelineError(

@@ -249,6 +249,9 @@ def test_hopper_under_torchrun_with_two_pipeline_stages(tmp_path, bundled):
             "train.global_batch_size=8",
             "train.micro_batch_size=4",
             "eval.enabled=false",
+            # Validation (next-token loss on held-out documents) in both parts, through the PP=2 schedule.
+            "validation.eval_interval=3",
+            "validation.eval_iters=1",
         ],
         capture_output=True,
         text=True,
@@ -259,6 +262,10 @@ def test_hopper_under_torchrun_with_two_pipeline_stages(tmp_path, bundled):
     records = metrics(run)
     assert [r["step"] for r in records] == list(range(1, 7))
     assert all("lm_loss" in r for r in records[:4])
+    # Validation after step 3 (next-token part) and step 6 (RLP part) ran the next-token step through both stages.
+    validation = [json.loads(line) for line in (run / "validation.jsonl").read_text().splitlines()]
+    assert [v["step"] for v in validation][:2] == [3, 6]
+    assert all(0 < v["lm_loss"] < 20 and v["ppl"] > 1 for v in validation)
     rlp = records[4:]
     assert all(r["rlp_prefills"] == r["rlp_positions"] > 0 for r in rlp)
     assert all(r["rlp_reward_mean"] == r["rlp_reward_mean"] for r in rlp)
