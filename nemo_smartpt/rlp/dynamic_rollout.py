@@ -6,8 +6,7 @@ every rollout of every group of a micro-batch at once (finished thoughts free th
 caching*, which hashes complete KV blocks of a prompt so that the G requests of a group reuse the blocks of the first
 one instead of recomputing them. :class:`DynamicEngineSampler` drives that engine over the live training model:
 
-- **Same contract as the KV-cache sampler** (``generate`` / ``generate_groups`` / ``generate_batch`` returning
-  :class:`~nemo_smartpt.rlp.rollout.RolloutGroup`), so :class:`~nemo_smartpt.rlp.prepare.RLPPreparer` switches
+- **Same contract as the KV-cache sampler** (a :class:`~nemo_smartpt.rlp.rollout.RolloutSampler`), so :class:`~nemo_smartpt.rlp.prepare.RLPPreparer` switches
   between them with ``rlp.generation_engine``.
 - **No weight copy.** The engine wraps the training ``GPTModel`` itself (inside
   :func:`~nemo_smartpt.rlp.rollout.generation_mode`). Because the weights change after every optimizer step, the
@@ -42,7 +41,7 @@ from collections.abc import Sequence
 import torch
 
 from nemo_smartpt.rlp.pipeline import pipeline_size
-from nemo_smartpt.rlp.rollout import RolloutCounters, RolloutGroup, generation_mode
+from nemo_smartpt.rlp.rollout import RolloutCounters, RolloutGroup, RolloutSampler
 
 _STOP_TEXT = "</think>"
 
@@ -76,16 +75,12 @@ class _StopIdsTokenizer:
         return []
 
 
-class DynamicEngineSampler:
+class DynamicEngineSampler(RolloutSampler):
     """G samples per prompt from megatron-core's ``DynamicInferenceEngine`` (paged KV, prefix caching).
 
+    The first six arguments are :class:`~nemo_smartpt.rlp.rollout.RolloutSampler`'s; the engine's:
+
     Args:
-        max_new_tokens: thought length limit L (``</think>`` included).
-        stop_ids: the ``</think>`` token ids.
-        temperature: sampling temperature (0.7 in the paper).
-        top_p: nucleus threshold (1.0: off).
-        greedy: argmax decoding (tests).
-        counters: where the work is counted (a fresh one if None).
         block_size_tokens: KV block size; prefix caching shares only complete blocks of a prompt.
         buffer_size_gb: KV buffer the engine reserves on the device.
         max_requests: cap on concurrently active requests (None: the engine sizes it from the buffer).
@@ -111,16 +106,7 @@ class DynamicEngineSampler:
         release_kv: bool = True,
         mamba_prefix_cache_gb: float = 1.0,
     ):
-        if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        if not stop_ids:
-            raise ValueError("stop_ids must be non-empty")
-        self.max_new_tokens = max_new_tokens
-        self.stop_ids = tuple(int(t) for t in stop_ids)
-        self.temperature = temperature
-        self.top_p = top_p
-        self.greedy = greedy
-        self.counters = counters if counters is not None else RolloutCounters()
+        super().__init__(max_new_tokens, stop_ids, temperature, top_p, greedy, counters)
         self.block_size_tokens = block_size_tokens
         self.buffer_size_gb = buffer_size_gb
         self.max_requests = max_requests
@@ -278,16 +264,3 @@ class DynamicEngineSampler:
         c.forward_tokens += computed + max(generated - len(groups) * num_samples, 0)
         c.prefills += len(groups) * num_samples
         return groups
-
-    def generate(
-        self, gpt, prompt_ids: Sequence[int], num_samples: int, generator: torch.Generator | None = None
-    ) -> RolloutGroup:
-        """One group (prefer :meth:`generate_batch`: the engine is built to batch every group at once)."""
-        return self.generate_batch(gpt, [prompt_ids], num_samples, generator)[0]
-
-    def generate_groups(
-        self, model, prompts: Sequence[Sequence[int]], num_samples: int, generator: torch.Generator | None = None
-    ) -> list[RolloutGroup]:
-        """One group per prompt, from the live (possibly wrapped) training model."""
-        with generation_mode(model) as gpt:
-            return self.generate_batch(gpt, prompts, num_samples, generator)

@@ -194,8 +194,10 @@ class _Rows:
         return RolloutGroup(thoughts=self.tokens, logprobs=self.logps)
 
 
-class KVCacheSampler:
-    """G samples per prompt from one prefill and a shared KV cache (megatron-core ``StaticInferenceContext``).
+class RolloutSampler:
+    """What every thought sampler shares: the sampling rule, the stop, the counters, and per-group entry points.
+
+    Subclasses implement :meth:`generate_batch` (all groups of a micro-batch on the unwrapped model).
 
     Args:
         max_new_tokens: thought length limit L (``</think>`` included).
@@ -203,7 +205,7 @@ class KVCacheSampler:
         temperature: sampling temperature (0.7 in the paper).
         top_p: nucleus threshold (1.0: off).
         greedy: argmax decoding (tests).
-        counters: where prefills/decodes are counted (a fresh one if None).
+        counters: where the work is counted (a fresh one if None).
     """
 
     def __init__(
@@ -225,6 +227,32 @@ class KVCacheSampler:
         self.top_p = top_p
         self.greedy = greedy
         self.counters = counters if counters is not None else RolloutCounters()
+
+    def generate_batch(
+        self, gpt, prompts: Sequence[Sequence[int]], num_samples: int, generator: torch.Generator | None = None
+    ) -> list[RolloutGroup]:
+        """One group of ``num_samples`` thoughts per prompt (``gpt`` is the model inside :func:`generation_mode`)."""
+        raise NotImplementedError
+
+    def generate(
+        self, gpt, prompt_ids: Sequence[int], num_samples: int, generator: torch.Generator | None = None
+    ) -> RolloutGroup:
+        """The group of one prompt."""
+        return self.generate_batch(gpt, [prompt_ids], num_samples, generator)[0]
+
+    def generate_groups(
+        self, model, prompts: Sequence[Sequence[int]], num_samples: int, generator: torch.Generator | None = None
+    ) -> list[RolloutGroup]:
+        """One group per prompt, from the live (possibly wrapped) training model."""
+        with generation_mode(model) as gpt:
+            return self.generate_batch(gpt, prompts, num_samples, generator)
+
+
+class KVCacheSampler(RolloutSampler):
+    """G samples per prompt from one prefill and a shared KV cache (megatron-core ``StaticInferenceContext``).
+
+    Constructor arguments: see :class:`RolloutSampler`.
+    """
 
     def _sample(self, logits_NV, generator):
         return sample_tokens(logits_NV, self.temperature, self.top_p, self.greedy, generator)
@@ -286,13 +314,6 @@ class KVCacheSampler:
     ) -> list[RolloutGroup]:
         """One group per prompt, group after group (``gpt`` is the model inside :func:`generation_mode`)."""
         return [self.generate(gpt, p, num_samples, generator) for p in prompts]
-
-    def generate_groups(
-        self, model, prompts: Sequence[Sequence[int]], num_samples: int, generator: torch.Generator | None = None
-    ) -> list[RolloutGroup]:
-        """One group per prompt, from the live (possibly wrapped) training model."""
-        with generation_mode(model) as gpt:
-            return self.generate_batch(gpt, prompts, num_samples, generator)
 
 
 class NoCacheSampler(KVCacheSampler):

@@ -128,28 +128,13 @@ def test_prompt_longer_than_the_engine_was_sized_for_is_named(gpt, paged_attenti
 def _train_with_dynamic_engine(rank, world_size, data_dir: str, out_dir: str):
     from megatron.bridge.training.pretrain import pretrain
 
-    from nemo_smartpt.bridge.indexed_provider import IndexedGPTProvider
-    from nemo_smartpt.bridge.recipe import TinyModelConfig, cpu_pretrain_config
-    from nemo_smartpt.rlp import RLPConfig, ThoughtLayout
-    from nemo_smartpt.rlp.callbacks import build_rlp_training
     from nemo_smartpt.rlp.dynamic_rollout import DynamicEngineSampler
+    from nemo_smartpt.testing.rlp_runs import tiny_rlp_run
 
-    model = TinyModelConfig(num_layers=2, hidden_size=64, num_attention_heads=4, seq_length=64, vocab_size=64)
-    provider = IndexedGPTProvider(prefixes=[f"{data_dir}/train"], seq_length=model.seq_length)
-    cfg = cpu_pretrain_config(provider, out_dir, model=model, train_iters=2, global_batch_size=4, micro_batch_size=2)
-    cfg.model.calculate_per_token_loss = True
-    rlp = RLPConfig(
-        num_rollouts=4,
-        max_thought_tokens=8,
-        min_context=12,
-        max_context=24,
-        seed=7,
-        generation_engine="dynamic",
-        dynamic_block_size_tokens=BLOCK,
-        dynamic_buffer_size_gb=0.01,
+    engine = dict(generation_engine="dynamic", dynamic_block_size_tokens=BLOCK, dynamic_buffer_size_gb=0.01)
+    cfg, forward_step, callbacks = tiny_rlp_run(
+        data_dir, out_dir, rlp=dict(min_context=12, **engine), train_iters=2, global_batch_size=4, micro_batch_size=2
     )
-    layout = ThoughtLayout(prompt_ids=(60,), think_open_ids=(61,), think_close_ids=(62,), pad_id=0)
-    forward_step, callbacks = build_rlp_training(rlp, layout, eod_id=63, run_dir=out_dir)
     with install_reference_paged_attention():
         pretrain(cfg, forward_step, callbacks=callbacks)
     run = callbacks[0].run
@@ -163,10 +148,9 @@ def test_rlp_trains_through_bridge_pretrain_with_the_dynamic_engine(tmp_path):
     import math
 
     from nemo_smartpt.testing.distributed import run_distributed
-    from nemo_smartpt.testing.indexed_data import progression_documents, write_indexed_dataset
+    from nemo_smartpt.testing.rlp_runs import write_tiny_rlp_corpus
 
-    docs = progression_documents(num_docs=300, vocab_size=60, eod=63, min_len=16, max_len=40, seed=0)
-    write_indexed_dataset(tmp_path / "data" / "train", docs)
+    write_tiny_rlp_corpus(tmp_path / "data", min_len=16)
     out = tmp_path / "run"
     ((used_engine, totals),) = run_distributed(
         _train_with_dynamic_engine, 1, str(tmp_path / "data"), str(out), timeout=600

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -100,29 +99,20 @@ ITERS = 2
 def _train(rank, world_size, data_dir: str, out_dir: str):
     from megatron.bridge.training.pretrain import pretrain
 
-    from nemo_smartpt.bridge.indexed_provider import IndexedGPTProvider
-    from nemo_smartpt.bridge.recipe import TinyModelConfig, cpu_pretrain_config
-    from nemo_smartpt.rlp.callbacks import build_rlp_training
+    from nemo_smartpt.testing.rlp_runs import tiny_rlp_run
 
-    model = TinyModelConfig(num_layers=2, hidden_size=64, num_attention_heads=4, seq_length=64, vocab_size=64)
-    provider = IndexedGPTProvider(prefixes=[str(Path(data_dir) / "train")], seq_length=model.seq_length)
-    cfg = cpu_pretrain_config(
-        provider, out_dir, model=model, train_iters=ITERS, global_batch_size=4, micro_batch_size=2, pipeline_parallel=2
+    cfg, forward_step, callbacks = tiny_rlp_run(
+        data_dir, out_dir, train_iters=ITERS, global_batch_size=4, micro_batch_size=2, pipeline_parallel=2
     )
-    cfg.model.calculate_per_token_loss = True
-    rlp = RLPConfig(num_rollouts=4, max_thought_tokens=8, min_context=4, max_context=24, seed=7)
-    layout = ThoughtLayout(prompt_ids=(60,), think_open_ids=(61,), think_close_ids=(62,), pad_id=0)
-    forward_step, callbacks = build_rlp_training(rlp, layout, eod_id=63, run_dir=out_dir)
     pretrain(cfg, forward_step, callbacks=callbacks)
     run = callbacks[0].run
     return run.totals, run.ema.num_updates, run.last_metrics, rank == world_size - 1  # rank 1: the last stage
 
 
 def test_rlp_runs_through_bridge_pretrain_with_pp2(tmp_path):
-    from nemo_smartpt.testing.indexed_data import progression_documents, write_indexed_dataset
+    from nemo_smartpt.testing.rlp_runs import write_tiny_rlp_corpus
 
-    docs = progression_documents(num_docs=300, vocab_size=60, eod=63, min_len=12, max_len=40, seed=0)
-    write_indexed_dataset(tmp_path / "data" / "train", docs)
+    write_tiny_rlp_corpus(tmp_path / "data")
     out = tmp_path / "run"
     results = run_distributed(_train, 2, str(tmp_path / "data"), str(out), timeout=600)
     assert [r[3] for r in results] == [False, True]

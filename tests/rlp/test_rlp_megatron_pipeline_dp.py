@@ -28,8 +28,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from nemo_smartpt.rlp import RLPConfig, ThoughtLayout
 from nemo_smartpt.testing.distributed import run_distributed
+from nemo_smartpt.testing.rlp_runs import tiny_rlp_run, write_tiny_rlp_corpus
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
@@ -179,26 +179,15 @@ def _record_preparation(run, records: list) -> None:
 def _train(rank, world_size, data_dir: str, out_dir: str, pipeline_parallel: int, init_path: str):
     from megatron.bridge.training.pretrain import pretrain
 
-    from nemo_smartpt.bridge.indexed_provider import IndexedGPTProvider
-    from nemo_smartpt.bridge.recipe import TinyModelConfig, cpu_pretrain_config
-    from nemo_smartpt.rlp.callbacks import build_rlp_training
-
-    model = TinyModelConfig(num_layers=2, hidden_size=64, num_attention_heads=4, seq_length=64, vocab_size=64)
-    provider = IndexedGPTProvider(prefixes=[str(Path(data_dir) / "train")], seq_length=model.seq_length)
     # DP = world_size / (TP · PP) = 2 in both runs (Megatron derives it from the world size).
-    cfg = cpu_pretrain_config(
-        provider,
+    cfg, forward_step, callbacks = tiny_rlp_run(
+        data_dir,
         out_dir,
-        model=model,
         train_iters=ITERS,
         global_batch_size=GLOBAL_BATCH,
         micro_batch_size=MICRO_BATCH,
         pipeline_parallel=pipeline_parallel,
     )
-    cfg.model.calculate_per_token_loss = True
-    rlp = RLPConfig(num_rollouts=4, max_thought_tokens=8, min_context=4, max_context=24, seed=7)
-    layout = ThoughtLayout(prompt_ids=(60,), think_open_ids=(61,), think_close_ids=(62,), pad_id=0)
-    forward_step, callbacks = build_rlp_training(rlp, layout, eod_id=63, run_dir=out_dir)
     run = callbacks[0].run
     records: list = []
     _record_preparation(run, records)
@@ -246,10 +235,7 @@ def _same_preparation(got: list[dict], ref: list[dict], where) -> None:
 
 
 def test_rlp_pp2_dp2_through_bridge_pretrain_matches_pp1_dp2(tmp_path):
-    from nemo_smartpt.testing.indexed_data import progression_documents, write_indexed_dataset
-
-    docs = progression_documents(num_docs=300, vocab_size=60, eod=63, min_len=12, max_len=40, seed=0)
-    write_indexed_dataset(tmp_path / "data" / "train", docs)
+    write_tiny_rlp_corpus(tmp_path / "data")
     data, init_path = str(tmp_path / "data"), str(tmp_path / "init.pt")
 
     # B: PP=1 × DP=2 (two processes); saves its initial weights for A.

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from nemo_smartpt.rlp import RLPConfig, ThoughtLayout
 from nemo_smartpt.testing.distributed import run_distributed
+from nemo_smartpt.testing.rlp_runs import tiny_rlp_run, write_tiny_rlp_corpus
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
@@ -81,17 +81,14 @@ def _probe_class():
 def _train(rank, world_size, data_dir: str, out_dir: str, load_dir: str | None):
     from megatron.bridge.training.pretrain import pretrain
 
-    from nemo_smartpt.bridge.indexed_provider import IndexedGPTProvider
-    from nemo_smartpt.bridge.recipe import TinyModelConfig, cpu_pretrain_config
-    from nemo_smartpt.rlp.callbacks import build_rlp_training, ema_side_file
+    from nemo_smartpt.rlp.callbacks import ema_side_file
 
-    model = TinyModelConfig(num_layers=2, hidden_size=64, num_attention_heads=4, seq_length=64, vocab_size=64)
-    provider = IndexedGPTProvider(prefixes=[str(Path(data_dir) / "train")], seq_length=model.seq_length)
     # Both runs have the same train_iters, so Bridge builds the same dataset (its sample count sets the shuffle).
-    cfg = cpu_pretrain_config(
-        provider,
+    # ema_decay 0.5: φ after two updates is far from θ_2, so a re-initialised (not restored) EMA shows in s_ema.
+    cfg, forward_step, callbacks = tiny_rlp_run(
+        data_dir,
         out_dir,
-        model=model,
+        rlp=dict(ema_decay=0.5),
         train_iters=ITERS,
         global_batch_size=4,
         micro_batch_size=2,
@@ -99,15 +96,10 @@ def _train(rank, world_size, data_dir: str, out_dir: str, load_dir: str | None):
         pipeline_parallel=2,
         save_interval=SAVE_AT,
     )
-    cfg.model.calculate_per_token_loss = True
     cfg.scheduler.override_opt_param_scheduler = True  # as in the PP=1 resume test (same schedule either way here)
     if load_dir is not None:  # resume from the other run's iteration-2 checkpoint; save into this run's own dir
         cfg.checkpoint.load = load_dir
         cfg.checkpoint.ckpt_step = SAVE_AT
-    # ema_decay 0.5: φ after two updates is far from θ_2, so a re-initialised (not restored) EMA shows in s_ema.
-    rlp = RLPConfig(num_rollouts=4, max_thought_tokens=8, min_context=4, max_context=24, seed=7, ema_decay=0.5)
-    layout = ThoughtLayout(prompt_ids=(60,), think_open_ids=(61,), think_close_ids=(62,), pad_id=0)
-    forward_step, callbacks = build_rlp_training(rlp, layout, eod_id=63, run_dir=out_dir)
     run = callbacks[0].run
     probe = _probe_class()(run)
     pretrain(cfg, forward_step, callbacks=[*callbacks, probe])
@@ -142,10 +134,7 @@ def _ema_file(out: Path, iteration: int, rank: int) -> dict:
 
 
 def test_rlp_pp2_resumes_from_bridge_checkpoint_and_continues_the_stream(tmp_path):
-    from nemo_smartpt.testing.indexed_data import progression_documents, write_indexed_dataset
-
-    docs = progression_documents(num_docs=300, vocab_size=60, eod=63, min_len=12, max_len=40, seed=0)
-    write_indexed_dataset(tmp_path / "data" / "train", docs)
+    write_tiny_rlp_corpus(tmp_path / "data")
     data = str(tmp_path / "data")
 
     # 1. Uninterrupted: iterations 1..4, checkpoints at 2 and 4.
