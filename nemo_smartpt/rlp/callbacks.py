@@ -356,10 +356,6 @@ def build_rlp_training(
         ``(forward_step, callbacks)`` for ``pretrain(cfg, forward_step, callbacks=callbacks)``.
     """
     cfg.validate()
-    if cfg.kl_beta > 0:
-        raise NotImplementedError(
-            "rlp.kl_beta > 0 needs reference log-probs, which the Megatron step does not compute"
-        )
     ema = ParamEMA(cfg.ema_decay)
     counters = RolloutCounters()
     preparer = RLPPreparer(cfg, layout, eod_id, ema=ema, counters=counters)

@@ -98,7 +98,8 @@ class RLPConfig:
     """Upper clip ε_high: the ratio is clipped at 1 + ε_high (not stated in the paper)."""
 
     kl_beta: float = 0.0
-    """β of a per-token KL(π_θ ‖ π_ref) penalty (paper: 0; 1e-4 and 1e-3 scored lower). Needs reference log-probs."""
+    """β of a per-token KL(π_θ ‖ π_ref) penalty (paper: 0; 1e-4 and 1e-3 scored lower). Must be 0 here: the Megatron
+    step runs no reference-policy forward (``objective.rlp_policy_loss`` accepts β with reference log-probs)."""
 
     positions_per_document: int = 1
     """Target positions drawn uniformly at random per document (paper v2: one)."""
@@ -176,7 +177,13 @@ class RLPConfig:
         _require(self.aggregation in AGGREGATIONS, "aggregation", f"{self.aggregation!r} is not one of {AGGREGATIONS}")
         _require(0.0 <= self.eps_low < 1.0, "eps_low", f"must be in [0, 1), got {self.eps_low}")
         _require(self.eps_high >= 0.0, "eps_high", f"must be >= 0, got {self.eps_high}")
-        _require(self.kl_beta >= 0.0, "kl_beta", f"must be >= 0, got {self.kl_beta}")
+        # The Megatron step computes no reference-policy log-probs (the paper: β = 0; 1e-4 and 1e-3 scored lower).
+        # rlp_policy_loss takes kl_beta with caller-supplied reference log-probs for custom loops.
+        _require(
+            self.kl_beta == 0.0,
+            "kl_beta",
+            f"must be 0 for the Megatron RLP step (no reference-policy forward), got {self.kl_beta}",
+        )
         _require(
             self.positions_per_document >= 1,
             "positions_per_document",

@@ -104,3 +104,5 @@ def test_bad_rlp_override_is_named_as_an_override_error():
     with pytest.raises(OverrideError, match=r"rlp\.generation_engine: 'vllm' is not one of"):
         check_train_config(cfg)
     check_train_config(build_config(TrainConfig, ["rlp.generation_engine=dynamic", "rlp.dynamic_max_requests=null"]))
+    with pytest.raises(OverrideError, match=r"rlp\.kl_beta: must be 0"):
+        check_train_config(build_config(TrainConfig, ["rlp.kl_beta=0.001"]))
