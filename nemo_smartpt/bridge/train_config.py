@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 
 from nemo_smartpt.overrides import OverrideError, hydra_quote, parse_overrides
-from nemo_smartpt.rlp.config import RLPConfig
+from nemo_smartpt.rlp.config import RLPConfig, RLPConfigError
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 ARMS = ("planned", "natural", "random_order")
@@ -177,8 +177,6 @@ def check_train_config(cfg: TrainConfig) -> None:
         raise OverrideError(f"recipe must be one of {', '.join(RECIPES)}, got {cfg.recipe!r}")
     if cfg.schedule.rlp_steps < 0:
         raise OverrideError(f"schedule.rlp_steps must be >= 0, got {cfg.schedule.rlp_steps}")
-    from nemo_smartpt.rlp.config import RLPConfigError
-
     try:
         cfg.rlp.validate()
     except RLPConfigError as exc:  # a bad rlp.* override: one line naming the field, like every other key

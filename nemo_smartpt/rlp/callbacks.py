@@ -177,6 +177,9 @@ def _make_callback_class():
         def on_train_start(self, context):
             run, state = self.run, context.state
             model_cfg = state.cfg.model
+            engine = resolve_generation_engine(run.cfg.generation_engine)  # every rank: fails early, not mid-step
+            if _is_metrics_writer():
+                print(f"[rlp] generation engine: {engine} (rlp.generation_engine={run.cfg.generation_engine})")
             if getattr(model_cfg, "pipeline_model_parallel_size", 1) > 1:
                 run.pipeline = _pipeline_feed(run, state, context.model)
             if not getattr(model_cfg, "calculate_per_token_loss", True):
@@ -199,9 +202,6 @@ def _make_callback_class():
                 run.flops_spec = model_flops_spec(context.model)
             if run.seq_length is None:
                 run.seq_length = getattr(state.cfg.model, "seq_length", None)
-            if _is_metrics_writer():
-                engine = resolve_generation_engine(run.cfg.generation_engine)
-                print(f"[rlp] generation engine: {engine} (rlp.generation_engine={run.cfg.generation_engine})")
 
         def on_train_step_start(self, context):
             self.run.preparer.stats = PrepStats()
@@ -288,11 +288,6 @@ def _pipeline_feed(run: RLPRun, state, model) -> PipelineFeed:
                 "moe_token_dispatcher_type='alltoall'): prepared micro-batches vary in shape"
             )
         live.variable_seq_lengths = True
-    if run.cfg.generation_engine == "dynamic":
-        raise RLPPipelineError(
-            "rlp.generation_engine=dynamic runs megatron-core's engine on one pipeline stage; under pipeline "
-            "parallelism use rlp.generation_engine=kv_cache (or auto)"
-        )
     if run.eval_uses_rlp and getattr(cfg.validation, "eval_iters", 0):
         # Evaluation reuses the forward step inside a forward-only schedule, where collective preparation would
         # deadlock just as in training, and nothing prepares the validation samples ahead of it.

@@ -230,8 +230,7 @@ class DynamicEngineSampler(RolloutSampler):
             skipped = int(getattr(engine, "_prefill_tokens_skipped", 0))
             if self.release_kv:
                 engine.suspend()
-        missing = [r for r in request_ids if r not in records]
-        if missing:
+        if len(records) != len(request_ids):
             raise DynamicEngineError(f"the engine finished {len(records)} of {len(request_ids)} rollout requests")
         return self._groups(prompts, num_samples, records, computed, skipped, steps)
 

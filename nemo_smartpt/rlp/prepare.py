@@ -32,7 +32,7 @@ import torch
 
 from nemo_smartpt.rlp.config import RLPConfig
 from nemo_smartpt.rlp.ema import ParamEMA
-from nemo_smartpt.rlp.megatron_logprobs import score_next_tokens
+from nemo_smartpt.rlp.megatron_logprobs import RLPPipelineError, score_next_tokens
 from nemo_smartpt.rlp.pipeline import model_device, pipeline_size
 from nemo_smartpt.rlp.positions import gather_context, sample_target_positions
 from nemo_smartpt.rlp.prompt import (
@@ -46,7 +46,16 @@ from nemo_smartpt.rlp.rollout import KVCacheSampler, RolloutCounters, generation
 
 
 def resolve_generation_engine(requested: str) -> str:
-    """``rlp.generation_engine`` after ``auto``: the dynamic engine where its kernels exist and PP = 1."""
+    """``rlp.generation_engine`` after ``auto``: the dynamic engine where its kernels exist and PP = 1.
+
+    Raises:
+        RLPPipelineError: ``dynamic`` was asked for under pipeline parallelism.
+    """
+    if requested == "dynamic" and pipeline_size() > 1:
+        raise RLPPipelineError(
+            "rlp.generation_engine=dynamic runs megatron-core's engine on one pipeline stage; under pipeline "
+            "parallelism use rlp.generation_engine=kv_cache (or auto)"
+        )
     if requested != "auto":
         return requested
     if not torch.cuda.is_available() or pipeline_size() > 1:

@@ -207,3 +207,15 @@ def test_dynamic_engine_under_tp2_matches_single_process_greedy_and_ranks_agree(
     assert greedy0 == greedy1 == reference  # vocab-parallel logits, same argmax as the unsplit model
     assert sampled0 == sampled1  # both TP ranks draw the same thoughts (same seed on every TP rank)
     assert len({tuple(t) for t in sampled0[0]}) > 1
+
+
+def test_engine_choice_follows_kernels_and_pipeline_size(monkeypatch):
+    from nemo_smartpt.rlp import prepare
+    from nemo_smartpt.rlp.megatron_logprobs import RLPPipelineError
+
+    assert prepare.resolve_generation_engine("auto") == "kv_cache"  # no CUDA here
+    assert prepare.resolve_generation_engine("dynamic") == "dynamic"
+    monkeypatch.setattr(prepare, "pipeline_size", lambda: 2)  # two stages without starting two processes
+    assert prepare.resolve_generation_engine("kv_cache") == "kv_cache"
+    with pytest.raises(RLPPipelineError, match="generation_engine=kv_cache"):
+        prepare.resolve_generation_engine("dynamic")
