@@ -67,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     if command is None:
         print(f"smartpt: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         return 2
+    from nemo_smartpt.bridge.console import install_console_filters
+
+    install_console_filters()  # before any command imports megatron.bridge (logging only; no Megatron import here)
     try:
         module = importlib.import_module(command.module)
     except ModuleNotFoundError as exc:

@@ -61,3 +61,13 @@ def tiny_gpt(single_process_group):
     from nemo_smartpt.testing.megatron import TinyGPTSpec, build_tiny_gpt
 
     return build_tiny_gpt(TinyGPTSpec(vocab_size=TINY_VOCAB))
+
+
+@pytest.fixture(scope="session")
+def bundled_data(tmp_path_factory):
+    """The bundled corpus, prepared into indexed datasets once per test session (``data.bundled_dir=`` of a run)."""
+    from nemo_smartpt.bundled.build import ensure_bundled_catalog
+
+    directory = tmp_path_factory.mktemp("bundled_data")
+    ensure_bundled_catalog(directory)
+    return str(directory)

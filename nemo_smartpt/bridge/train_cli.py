@@ -81,6 +81,9 @@ class TrainRun:
             from nemo_smartpt.overrides import OverrideError
 
             raise OverrideError(f"Bridge config: {str(exc).splitlines()[0]}") from None
+        from nemo_smartpt.bridge.step_cap import apply_step_cap
+
+        apply_step_cap(cfg, self.bridge)  # SMARTPT_MAX_STEPS (smoke tests, the README test): after every override
         prompt_tokens = len(self.tokenizer.encode_batch([cfg.rlp.thought_prompt])[0])
         self.schedule = resolve_schedule(cfg, self.bridge, prompt_tokens)
         self.bridge.train.train_iters = self.schedule["total_steps"]

@@ -20,7 +20,8 @@ optimizer step):
   starts (:class:`~nemo_smartpt.rlp.pipeline.PipelineFeed`).
 - ``on_train_step_end``: φ update (skipped iterations skip it too), then one metrics line per step: printed by the
   pipeline-last, TP-0, DP-0 rank (global rank 0 at PP = 1; the rank that holds the reduced loss metrics),
-  appended to ``<run_dir>/metrics.jsonl`` and written to Bridge's tensorboard writer when it exists.
+  appended to ``<run_dir>/metrics.jsonl`` and sent once, as ``rlp/...``, to Bridge's loggers (TensorBoard, W&B,
+  MLflow); the loss-dict entries are then taken out so Bridge's ``training_log`` does not log them a second time.
 - ``on_checkpoint_save``: ``<checkpoint.save>/iter_XXXXXXX/rlp_ema_rank{r}.pt`` (EMA shards in fp32 + counters).
 
 The EMA shadows are this rank's parameter shards (TP/PP-sharded, fp32, on the parameters' device), updated with fused
@@ -234,6 +235,9 @@ def _make_callback_class():
             metrics["step"] = step
             run.last_metrics = metrics
             _emit(run, context.state, metrics, step)
+            from nemo_smartpt.bridge.metrics import take_logged_keys
+
+            take_logged_keys(context.loss_dict)  # logged above; Bridge's training_log would repeat them, spaced
 
         def on_checkpoint_save(self, context):
             state = context.state
@@ -324,11 +328,10 @@ def _emit(run: RLPRun, state, metrics: dict, step: int) -> None:
             os.makedirs(run.run_dir, exist_ok=True)
             with open(os.path.join(run.run_dir, "metrics.jsonl"), "a") as f:
                 f.write(json.dumps(metrics) + "\n")
-    writer = getattr(state, "tensorboard_logger", None)
-    if writer is not None:
-        for key, value in metrics.items():
-            if key != "step":
-                writer.add_scalar("rlp/" + key[4:].replace(" ", "_").replace("/", "_per_"), value, step)
+    from nemo_smartpt.bridge.metrics import log_scalars, metric_tag
+
+    # Once, under rlp/..., to every logger Bridge set up (TensorBoard, W&B, MLflow, Comet).
+    log_scalars(state, {metric_tag(k): v for k, v in metrics.items() if k != "step"}, step)
 
 
 def build_rlp_training(
