@@ -12,11 +12,13 @@ from __future__ import annotations
 import math
 import os
 
+from nemo_smartpt.overrides import OverrideError
+
 ENV = "SMARTPT_MAX_STEPS"
 
 
-class StepCapError(ValueError):
-    """``SMARTPT_MAX_STEPS`` is not a positive integer."""
+class StepCapError(OverrideError):
+    """``SMARTPT_MAX_STEPS`` is not a positive integer (one line from the CLI, like a bad override)."""
 
 
 def step_cap() -> int | None:

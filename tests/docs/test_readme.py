@@ -32,7 +32,7 @@ MARKS = {
     "venv": "builds the virtual environment this test runs in",
     "benchmark": "a timed measurement of minutes; the benchmark scripts have their own toy-size tests",
 }
-MAX_STEPS = "3"  # SMARTPT_MAX_STEPS for every command (README: "Smoke-testing a command")
+MAX_STEPS = "2"  # SMARTPT_MAX_STEPS for every command (README: "Smoke-testing a command")
 
 # Commands that fail on this branch and are fixed on another; the lead removes an entry when merging that branch.
 # Keyed by command, or (command, n) for its n-th occurrence in the README.
