@@ -19,7 +19,8 @@ requeue of the job, so a requeued or resubmitted job resumes from its last check
 Megatron-Bridge's NeMo-Run plugins (``megatron.bridge.recipes.run_plugins``) apply where they fit:
 ``PreemptionPlugin`` on Slurm (``--signal=TERM@<preempt-time>`` and Bridge's exit-signal handler, so the job saves a
 checkpoint before the time limit), ``FaultTolerancePlugin`` with ``--fault-tolerance`` (nvidia-resiliency-ext's
-``ft_launcher``, in the NGC container) and ``WandbPlugin`` with ``--wandb-project`` (active when ``WANDB_API_KEY``
+``ft_launcher``, in the NGC container; its ``ft.*`` overrides need a ConfigContainer YAML with an ``ft:`` section,
+passed as ``--config-file``) and ``WandbPlugin`` with ``--wandb-project`` (active when ``WANDB_API_KEY``
 is set). The plugins add Hydra-style Bridge overrides (``train.exit_signal_handler=True``, ``logger.wandb_project=``)
 that ``smartpt train`` passes to Bridge's ConfigContainer.
 """
@@ -49,7 +50,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     slurm.add_argument("--container-image", default="nemo_smartpt.sqsh")
     slurm.add_argument("--mount", action="append", default=[], help="container mount SRC:DST (repeatable)")
     slurm.add_argument("--preempt-time", type=int, default=300, help="seconds before the time limit to send SIGTERM")
-    slurm.add_argument("--fault-tolerance", action="store_true", help="Bridge's FaultTolerancePlugin (ft_launcher)")
+    slurm.add_argument(
+        "--fault-tolerance",
+        action="store_true",
+        help="Bridge's FaultTolerancePlugin (ft_launcher); needs a --config-file whose ConfigContainer has an ft: section",
+    )
     slurm.add_argument("--wandb-project", default="", help="Bridge's WandbPlugin (needs WANDB_API_KEY)")
     slurm.add_argument("--ssh-host", default="", help="submit over SSH from a workstation (default: on a login node)")
     slurm.add_argument("--ssh-user", default=os.environ.get("USER", ""))
@@ -136,6 +141,15 @@ def plugins_for(args: argparse.Namespace, name: str) -> list:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.fault_tolerance and not any(a.startswith("--config-file") for a in args.overrides):
+        # The plugin adds ft.enable_ft_package=true / ft.calc_ft_timeouts=true, and Bridge can override keys of an
+        # ft: section only where the config has one (a recipe's ConfigContainer leaves ft=None).
+        print(
+            "launch: --fault-tolerance needs `--config-file job.yaml` among the overrides, with an `ft:` section in it "
+            "(smartpt train ... --cfg job > job.yaml, then add `ft: {enable_ft_package: true}`)",
+            file=sys.stderr,
+        )
+        return 2
     import nemo_run as run
 
     name = experiment_name(args)
