@@ -39,13 +39,11 @@ def _die_on_rank_one(rank, world_size):
 
 
 def test_tensor_results_survive_ranks_that_exit_first():
-    expected = float(sum(range(1, 4)))
-    for _ in range(3):
-        results = run_distributed(_tensors, 3, 50_000, timeout=300)
-        for rank, result in enumerate(results):
-            assert torch.equal(result["sum"], torch.full((50_000,), expected))
-            assert [v.tolist() for v in result["views"]] == [[expected] * 3] * 10
-            np.testing.assert_array_equal(result["np"], np.arange(rank, rank + 4))
+    results = run_distributed(_tensors, 2, 50_000, timeout=300)
+    for rank, result in enumerate(results):
+        assert torch.equal(result["sum"], torch.full((50_000,), 3.0))
+        assert [v.tolist() for v in result["views"]] == [[3.0] * 3] * 10
+        np.testing.assert_array_equal(result["np"], np.arange(rank, rank + 4))
 
 
 def test_a_failing_rank_is_reported_with_its_traceback():
