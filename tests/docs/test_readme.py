@@ -159,8 +159,9 @@ def _write_tokenizer(directory: Path) -> None:
     tok.save(str(directory / "tokenizer.json"))
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ, PYTHONWARNINGS="ignore", SMARTPT_MAX_STEPS=MAX_STEPS)
+def _env(home: Path) -> dict[str, str]:
+    # NEMORUN_HOME: NeMo-Run's experiment records stay in the scratch directory, not the user's ~/.nemo_run.
+    env = dict(os.environ, PYTHONWARNINGS="ignore", SMARTPT_MAX_STEPS=MAX_STEPS, NEMORUN_HOME=str(home / ".nemo_run"))
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     return env
@@ -172,7 +173,7 @@ def test_readme_command_runs_as_written(command, n, workspace):
     if _waiting(command, n):
         pytest.skip(_waiting(command, n))
     done = subprocess.run(
-        ["bash", "-c", command], cwd=workspace, env=_env(), capture_output=True, text=True, timeout=1800
+        ["bash", "-c", command], cwd=workspace, env=_env(workspace), capture_output=True, text=True, timeout=1800
     )
     output = done.stdout + done.stderr
     assert done.returncode == 0, f"$ {command}\n{output[-4000:]}"
