@@ -119,7 +119,9 @@ def test_resume_records_each_step_once(hopper_run, tmp_path):
     shutil.copytree(hopper_run.out, out)
     checkpoints = out / "checkpoints"
     shutil.rmtree(checkpoints / "iter_0000003")
+    # What Bridge leaves after saving step 2: its tracker files name iteration 2 (latest_train_state.pt is read).
     (checkpoints / "latest_checkpointed_iteration.txt").write_text("2")
+    shutil.copy(checkpoints / "iter_0000002" / "train_state.pt", checkpoints / "latest_train_state.pt")
     before = _jsonl(out / "metrics.jsonl")
     validated = [r["step"] for r in _jsonl(out / "validation.jsonl")]
     done = _train(out, hopper_run.bundled)
