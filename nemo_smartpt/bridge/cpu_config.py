@@ -65,6 +65,11 @@ def adapt_to_cpu(cfg, recipe: str = "this recipe") -> None:
     model.transformer_layer_spec = gpt_provider.local_layer_spec
     model.transformer_impl = "local"
     model.attention_backend = AttnBackend.local
+    if getattr(model, "context_parallel_size", 1) != 1:
+        raise CPUConfigError(
+            f"recipe {recipe}: context parallelism (model.context_parallel_size={model.context_parallel_size}) needs "
+            "Transformer Engine attention; on CPU set model.context_parallel_size=1"
+        )
     model.use_cpu_initialization = True
     model.params_dtype = torch.float32
     model.pipeline_dtype = torch.float32

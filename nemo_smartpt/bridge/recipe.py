@@ -131,8 +131,10 @@ def cpu_pretrain_config(
     return cfg
 
 
-def build_recipe(name: str, model_config: str = "auto"):
-    """Call the Bridge recipe ``name`` (not ``cpu_tiny``), its Hugging Face config served locally where possible."""
+def build_recipe(name: str, model_config: str = "auto", allow_hub: bool = True):
+    """Call the Bridge recipe ``name`` (not ``cpu_tiny``), its Hugging Face config served locally where possible.
+
+    ``allow_hub=False`` fails at once (:class:`ModelConfigError`) instead of letting the recipe try the Hub."""
     from nemo_smartpt.bridge.hf_config import (
         ModelConfigError,
         missing_config_message,
@@ -144,7 +146,7 @@ def build_recipe(name: str, model_config: str = "auto"):
     qualified, fn = resolve_recipe(name)
     requests = recipe_hf_requests(fn)
     local = resolve_model_configs(requests, model_config)
-    if local is None and requests and _hub_offline():
+    if local is None and requests and (_hub_offline() or not allow_hub):
         raise ModelConfigError(missing_config_message(name, requests))  # fail now, not after the loader's retries
     try:
         if local:
@@ -190,14 +192,17 @@ def recipe_config(
     if shrink not in SHRINK_LEVELS:
         raise ShrinkError(f"shrink must be one of {', '.join(SHRINK_LEVELS)}, got {shrink!r}")
     on_gpu = torch.cuda.is_available()
-    try:
+    if on_gpu or shrink != "none":
         _, cfg = build_recipe(name, model_config)
-    except RecipeError:
-        raise
-    except Exception:
-        if on_gpu or shrink != "none":
+    else:
+        # On CPU without shrink the answer is "add shrink=tiny" (or, for a hybrid Mamba recipe, "GPU only"): build
+        # the recipe only to tell the two apart, and never wait for the Hub for it.
+        try:
+            _, cfg = build_recipe(name, model_config, allow_hub=False)
+        except RecipeError:
             raise
-        cfg = None  # on CPU without shrink the answer is "add shrink=tiny" whatever kept the recipe from building
+        except Exception:
+            cfg = None
     if not on_gpu and cfg is not None and is_hybrid_mamba(cfg.model):
         raise ShrinkError(
             f"recipe {name} builds a hybrid Mamba model ({type(cfg.model).__name__}): Mamba layers need mamba-ssm "

@@ -10,6 +10,7 @@ biases, init std). What is rescaled (:func:`tiny_sizes`, pure arithmetic):
   8 heads where the ratio allows; the head dimension keeps the recipe's ``heads x head_dim / hidden`` ratio (Qwen 3
   has 2: its heads are wider than its model), rounded to an even number for RoPE;
 - sequence: 128 tokens; vocabulary: the tokenizer's, padded by Bridge (``make_vocab_size_divisible_by`` x TP);
+- parallelism: one process (TP = PP = CP = 1); set ``model.tensor_model_parallel_size=2`` etc. under torchrun;
 - run: 10 steps of 8 samples (micro-batch 2), warm-up 1 step, no periodic validation — override any of it.
 
 Overrides apply after the shrink, so ``model.num_layers=4`` or ``train.train_iters=200`` still win. The device side
@@ -76,10 +77,15 @@ def tiny_sizes(src: Sizes) -> Sizes:
 
 
 def model_sizes(model) -> Sizes:
-    """The :class:`Sizes` of a Bridge model provider (``ffn_hidden_size``/``kv_channels`` filled as Megatron does)."""
+    """The :class:`Sizes` of a Bridge model provider (``ffn_hidden_size``/``kv_channels`` filled as Megatron does).
+
+    A bare provider (``vanilla_gpt``: sizes left at 0 for the user to set) counts as Megatron's default shape at the
+    tiny size: multi-head attention, FFN 4 x hidden, head dim hidden / heads."""
+    if not model.hidden_size or not model.num_attention_heads:
+        return Sizes(TINY_LAYERS, TINY_HIDDEN, 4 * TINY_HIDDEN, TINY_HEADS, TINY_HEADS, TINY_HIDDEN // TINY_HEADS)
     hidden, heads = int(model.hidden_size), int(model.num_attention_heads)
     return Sizes(
-        num_layers=int(model.num_layers),
+        num_layers=int(model.num_layers) or TINY_LAYERS,
         hidden_size=hidden,
         ffn_hidden_size=int(model.ffn_hidden_size or 4 * hidden),
         num_attention_heads=heads,
@@ -138,6 +144,13 @@ def shrink_recipe(cfg, recipe: str) -> Sizes:
         model.hf_model_revision = None
     if getattr(model, "mtp_num_layers", None):
         model.mtp_num_layers = None
+    # One process: the recipe's layout is for its GPU count (e.g. TP=4 or CP=2); torchrun + overrides set a new one.
+    model.tensor_model_parallel_size = model.pipeline_model_parallel_size = model.context_parallel_size = 1
+    model.virtual_pipeline_model_parallel_size = None
+    model.pipeline_model_parallel_layout = None
+    model.sequence_parallel = False
+    if hasattr(model, "expert_model_parallel_size"):
+        model.expert_model_parallel_size = 1
     for name, value in TINY_RUN.items():
         setattr(cfg.train, name, value)
     cfg.scheduler.lr_warmup_iters = 1
