@@ -92,7 +92,13 @@ def cpu_pretrain_config(
         share_embeddings_and_output_weights=True,
         hidden_dropout=0.0,
         attention_dropout=0.0,
+        # GPU: the local spec's fused kernels (adapt_to_cpu turns all fusions off on CPU).
+        use_cpu_initialization=not on_gpu,
+        bias_dropout_fusion=on_gpu,
+        bias_activation_fusion=on_gpu,
+        masked_softmax_fusion=on_gpu,
         gradient_accumulation_fusion=False,
+        persist_layer_norm=False,
         apply_rope_fusion=False,
         transformer_layer_spec=local_layer_spec,
     )

@@ -104,6 +104,11 @@ def test_unknown_recipe_fails_in_one_line_with_the_closest_names(capsys):
     assert "closest: llama32_1b_pretrain_1gpu_h100_bf16_config" in err
 
 
+def test_unknown_shrink_level_fails_in_one_line(capsys):
+    assert _cli("shrink=small") == 2
+    assert capsys.readouterr().err.strip() == "smartpt train: shrink must be one of none, tiny, got 'small'"
+
+
 @CPU_ONLY
 def test_gpu_recipe_on_cpu_without_shrink_names_shrink_tiny(capsys):
     assert _cli("recipe=qwen3_600m_pretrain_1gpu_h100_bf16_config") == 2
@@ -199,3 +204,16 @@ def test_shrunk_recipes_build_the_recipes_architecture_with_local_cpu_layers(sin
     assert (qwen.rotary_pos_emb.inv_freq[1].item(), llama.rotary_pos_emb.inv_freq[1].item()) == pytest.approx(
         (1e6 ** (-2 / qwen_cfg.kv_channels), 5e5 ** (-2 / llama_cfg.kv_channels)), rel=1e-5
     )
+
+
+@CPU_ONLY
+def test_module_function_recipes_resolve_like_exported_names():
+    from nemo_smartpt.bridge.recipe import recipe_config
+    from nemo_smartpt.bridge.recipe_lookup import RecipeError
+
+    cfg = recipe_config(
+        "megatron.bridge.recipes.llama.h100.llama3:llama32_1b_pretrain_1gpu_h100_bf16_config", "run", shrink="tiny"
+    )
+    assert (cfg.model.hidden_size, cfg.model.ffn_hidden_size, cfg.model.num_query_groups) == (128, 512, 2)
+    with pytest.raises(RecipeError, match="has no function 'no_such_config'"):
+        recipe_config("megatron.bridge.recipes.llama.h100.llama3:no_such_config", "run", shrink="tiny")
