@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow
 LLAMA = "recipe=llama32_1b_pretrain_1gpu_h100_bf16_config"
 QWEN = "recipe=qwen3_600m_pretrain_1gpu_h100_bf16_config"
 QUICK = ["eval.enabled=false", "checkpoint.save=null"]
-HOPPER = ["+experiment=hopper", "train.train_iters=3", "schedule.rlp_steps=1", "train.global_batch_size=4"]
+HOPPER = ["+experiment=hopper", "train.train_iters=3", "schedule.rlp_steps=1", "train.global_batch_size=4", *QUICK]
 
 
 @pytest.fixture(scope="module")
@@ -117,6 +117,7 @@ def test_shrunk_qwen3_volta_and_hopper(tmp_path, bundled):
         f"out_dir={volta}",
         f"data.bundled_dir={bundled}",
         "train.train_iters=4",
+        *QUICK,
     )
     check_volta(volta, result, 4)
     assert "Hugging Face config of Qwen/Qwen3-0.6B from" in result.stdout
