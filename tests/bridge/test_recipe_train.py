@@ -42,7 +42,7 @@ def smartpt(*args: str, nproc: int = 1) -> subprocess.CompletedProcess:
         launcher = [str(Path(sys.executable).parent / "torchrun"), f"--nproc-per-node={nproc}", "-m", "nemo_smartpt"]
     # No hub: the recipes' configs must come from the copies the project carries.
     env = dict(os.environ, PYTHONWARNINGS="ignore", HF_HUB_OFFLINE="1")
-    return subprocess.run([*launcher, "train", *args], capture_output=True, text=True, timeout=900, env=env)
+    return subprocess.run([*launcher, "train", *args], capture_output=True, text=True, timeout=1800, env=env)
 
 
 def metrics(run_dir: Path) -> list[dict]:
