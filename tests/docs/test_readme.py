@@ -52,10 +52,6 @@ WAITING = {
     ),
     "smartpt train +experiment=hopper checkpoint.pretrained_checkpoint=runs/volta/checkpoints "
     "train.train_iters=200 schedule.rlp_steps=200": "waits on branch `runs` (runs/volta and RLP row length)",
-    # recipes: the byte tokenizer's vocabulary padded for TP=2
-    "torchrun --nproc-per-node=2 -m nemo_smartpt train +experiment=volta model.tensor_model_parallel_size=2": (
-        "waits on branch `recipes` (vocabulary padding for TP)"
-    ),
 }
 
 
