@@ -169,7 +169,7 @@ def test_readme_command_runs_as_written(command, n, workspace):
     if _waiting(command, n):
         pytest.skip(_waiting(command, n))
     done = subprocess.run(
-        ["bash", "-c", command], cwd=workspace, env=_env(workspace), capture_output=True, text=True, timeout=1800
+        ["bash", "-c", command], cwd=workspace, env=_env(workspace), capture_output=True, text=True, timeout=3600
     )
     output = done.stdout + done.stderr
     assert done.returncode == 0, f"$ {command}\n{output[-4000:]}"
