@@ -142,6 +142,7 @@ def step_metrics(run: RLPRun, loss_dict: dict, stats: PrepStats, counters: Rollo
             thought_tokens=thought,
             baseline_tokens=stats.baseline_tokens / B if stats.baseline_forwards else 0.0,
             baseline_fraction=1.0 if stats.baseline_forwards else 0.0,
+            shared_prefix_training=run.cfg.shared_prefix_forward,
         )
         ntp_per_token = ntp_flops_per_token(run.flops_spec, run.seq_length or int(prefix + thought))
         # stats.ntp_tokens > 0 only under the mixed objective: its forward+backward cost is charged at the NTP rate.
@@ -180,6 +181,10 @@ def _make_callback_class():
             engine = resolve_generation_engine(run.cfg.generation_engine)  # every rank: fails early, not mid-step
             if _is_metrics_writer():
                 print(f"[rlp] generation engine: {engine} (rlp.generation_engine={run.cfg.generation_engine})")
+            if run.cfg.shared_prefix_forward:  # one line before step 1 where the grouped layout cannot run
+                from nemo_smartpt.rlp.shared_attention import check_grouped_support
+
+                check_grouped_support(context.model)
             if getattr(model_cfg, "pipeline_model_parallel_size", 1) > 1:
                 run.pipeline = _pipeline_feed(run, state, context.model)
             if not getattr(model_cfg, "calculate_per_token_loss", True):

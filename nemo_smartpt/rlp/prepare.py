@@ -249,6 +249,8 @@ class RLPPreparer:
             batch = append_ntp_rows(batch, tokens_bS, ntp_labels_bS.cpu(), ntp_loss_mask_bS, layout.pad_id)
             self.stats.ntp_tokens += int(batch["ntp_loss_mask_NL"].sum())
         batch["position_ids_NL"] = torch.arange(batch["input_ids_NL"].shape[1]).expand_as(batch["input_ids_NL"])
+        if cfg.shared_prefix_forward:  # the grouped layout of the same rows (nemo_smartpt.rlp.shared_prefix)
+            batch.update(_grouped_layout(batch, scoring, stacked, tokens_bS, gpt.config, layout.pad_id))
 
         self.stats.positions += B
         self.stats.rollout_prompt_tokens += sum(len(p) for p in prompts)
@@ -270,6 +272,25 @@ class RLPPreparer:
             with self.ema.swapped_in(list(gpt.parameters())):
                 return score_next_tokens(gpt, ids, idx, tgt, self.layout.pad_id, device)
         return score_next_tokens(gpt, ids, idx, tgt, self.layout.pad_id, device)
+
+
+def _grouped_layout(batch, scoring, stacked, tokens_bS, model_config, pad_id) -> dict[str, torch.Tensor]:
+    """The ``sp_*`` keys of ``rlp.shared_prefix_forward``; under sequence parallelism the packed length is a multiple
+    of the TP size (the embedding scatters the sequence over TP ranks)."""
+    from nemo_smartpt.rlp.shared_prefix import shared_prefix_batch
+
+    row_len_N = stacked["attention_mask_BGL"].sum(-1).reshape(-1)
+    extra = batch["input_ids_NL"].shape[0] - row_len_N.numel()  # next-token rows: whole packed samples
+    row_len_N = torch.cat([row_len_N, torch.full((extra,), tokens_bS.shape[1], dtype=row_len_N.dtype)])
+    sp = getattr(model_config, "sequence_parallel", False)
+    return shared_prefix_batch(
+        batch["input_ids_NL"],
+        num_rollouts=stacked["input_ids_BGL"].shape[1],
+        prefix_len_B=torch.tensor([sg.prefix_len for sg in scoring]),
+        row_len_N=row_len_N,
+        pad_id=pad_id,
+        length_multiple=model_config.tensor_model_parallel_size if sp else 1,
+    )
 
 
 class RLPNoPositionsError(RuntimeError):
