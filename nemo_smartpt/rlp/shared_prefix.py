@@ -1,6 +1,6 @@
 """The grouped (shared-prefix) layout of an RLP training micro-batch: pure index arithmetic, no Megatron.
 
-The per-row layout (:mod:`nemo_smartpt.rlp.prepare`) holds G rows per target position,
+The per-row layout (:mod:`nemo_smartpt.rlp.megatron.prepare`) holds G rows per target position,
 ``P x_<t <think> c_i </think>`` (input ids; the label of the last position is x_t), so the shared prefix
 ``P x_<t <think>`` is encoded G times. The grouped layout holds ONE packed row per group::
 

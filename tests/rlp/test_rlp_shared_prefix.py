@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from nemo_smartpt.rlp import ParamEMA, RLPConfig, ThoughtLayout
-from nemo_smartpt.rlp.prepare import RLPPreparer, pad_prepared_length
+from nemo_smartpt.rlp.megatron.prepare import RLPPreparer, pad_prepared_length
+from nemo_smartpt.rlp.megatron.step import rlp_forward, rlp_loss_func
 from nemo_smartpt.rlp.shared_prefix import region_positions, shared_prefix_batch, to_row_layout
-from nemo_smartpt.rlp.step import rlp_forward, rlp_loss_func
 
 EOD = 127
 LAYOUT = ThoughtLayout(prompt_ids=(120,), think_open_ids=(121,), think_close_ids=(122,), pad_id=0)
@@ -157,7 +157,7 @@ def test_grouped_forward_is_the_default_and_cheaper(tiny_gpt):
 
 
 def test_unsupported_combinations_fail_in_one_line(tiny_gpt):
-    from nemo_smartpt.rlp.shared_attention import SharedPrefixUnsupportedError, check_grouped_support
+    from nemo_smartpt.rlp.megatron.shared_attention import SharedPrefixUnsupportedError, check_grouped_support
 
     check_grouped_support(tiny_gpt)
     config = tiny_gpt.config
@@ -185,8 +185,8 @@ def test_unsupported_combinations_fail_in_one_line(tiny_gpt):
 
 
 def test_rollouts_and_plain_forwards_unchanged_after_install(tiny_gpt):
-    from nemo_smartpt.rlp.megatron_logprobs import logits_shard
-    from nemo_smartpt.rlp.shared_attention import install_grouped_attention
+    from nemo_smartpt.rlp.megatron.logprobs import logits_shard
+    from nemo_smartpt.rlp.megatron.shared_attention import install_grouped_attention
 
     ids = torch.randint(0, 120, (2, 9), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():

@@ -182,7 +182,7 @@ def _make_callback_class():
             if _is_metrics_writer():
                 print(f"[rlp] generation engine: {engine} (rlp.generation_engine={run.cfg.generation_engine})")
             if run.cfg.shared_prefix_forward:  # one line before step 1 where the grouped layout cannot run
-                from nemo_smartpt.rlp.shared_attention import check_grouped_support
+                from nemo_smartpt.rlp.megatron.shared_attention import check_grouped_support
 
                 check_grouped_support(context.model)
             if getattr(model_cfg, "pipeline_model_parallel_size", 1) > 1:

@@ -49,8 +49,10 @@ REWARD_KEYS = ("rlp reward mean", "rlp reward sq mean", "rlp positive gain fract
 
 def rlp_forward(batch: dict[str, torch.Tensor], model) -> torch.Tensor:
     """The training forward of a prepared batch: logits shard ``[N, L, V/tp]`` on the last stage, hidden states else."""
-    if "sp_input_ids_RS" in batch:  # rlp.shared_prefix_forward: each context once (nemo_smartpt.rlp.shared_attention)
-        from nemo_smartpt.rlp.shared_attention import shared_prefix_forward
+    if (
+        "sp_input_ids_RS" in batch
+    ):  # rlp.shared_prefix_forward: each context once (nemo_smartpt.rlp.megatron.shared_attention)
+        from nemo_smartpt.rlp.megatron.shared_attention import shared_prefix_forward
 
         return shared_prefix_forward(batch, model)
     input_ids_NL = batch["input_ids_NL"]

@@ -78,7 +78,7 @@ def _flash_attn_available() -> bool:
 
 def check_grouped_support(model) -> None:
     """Raise :class:`SharedPrefixUnsupportedError` (one line) if the grouped forward cannot run on ``model``."""
-    from nemo_smartpt.rlp.megatron_logprobs import unwrap_model
+    from nemo_smartpt.rlp.megatron.logprobs import unwrap_model
 
     chunks = model if isinstance(model, (list, tuple)) else [model]
     for chunk in chunks:
@@ -268,7 +268,7 @@ def _own_rotary(gpt):
 def shared_prefix_forward(batch: dict[str, torch.Tensor], model) -> torch.Tensor:
     """The training forward over the grouped layout; the last stage returns logits in the per-row layout
     ``[rows, L, V/tp]`` (the loss function is unchanged), other stages their packed hidden states."""
-    from nemo_smartpt.rlp.megatron_logprobs import unwrap_model
+    from nemo_smartpt.rlp.megatron.logprobs import unwrap_model
 
     gpt = unwrap_model(model)
     install_grouped_attention(gpt)
