@@ -15,6 +15,7 @@ import importlib
 import importlib.util
 import multiprocessing as mp
 import os
+import pickle
 import queue as queue_module
 import socket
 import sys
@@ -76,7 +77,9 @@ def _worker(ref, rank: int, world_size: int, port: int, sys_path: list[str], res
         torch.distributed.init_process_group("gloo", rank=rank, world_size=world_size)
         fn = _resolve(ref)
         value = fn(rank, world_size, *args, **kwargs)
-        results.put((rank, "ok", value))
+        # By value (plain pickle copies tensor data): torch's queue pickler would hand tensors over as shared-memory
+        # file descriptors served by this process, which is gone when a loaded parent gets round to reading them.
+        results.put((rank, "ok", pickle.dumps(value)))
     except BaseException:
         results.put((rank, "error", traceback.format_exc()))
     finally:
@@ -125,7 +128,7 @@ def run_distributed(fn: Callable, world_size: int, *args: Any, timeout: float = 
                     missing = sorted(set(range(world_size)) - set(outcome))
                     raise DistributedTestError(f"timed out after {timeout:.0f}s waiting for ranks {missing}") from None
                 continue
-            outcome[rank] = (status, value)
+            outcome[rank] = (status, pickle.loads(value) if status == "ok" else value)
             if status == "error":
                 break  # the other ranks may now block forever in a collective
         for proc in procs:

@@ -23,7 +23,10 @@ pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 SPEC = TinyGPTSpec(num_layers=2, hidden_size=32, num_attention_heads=4, vocab_size=128, seq_length=32)
 EOD = 127
 LAYOUT = ThoughtLayout(prompt_ids=(120,), think_open_ids=(121,), think_close_ids=(122,), pad_id=0)
-CFG = RLPConfig(num_rollouts=4, max_thought_tokens=6, min_context=3, max_context=12, seed=3)
+# The per-row forward with fixed pipeline shapes; the grouped one: test_rlp_shared_prefix_parallel.py.
+CFG = RLPConfig(
+    num_rollouts=4, max_thought_tokens=6, min_context=3, max_context=12, seed=3, shared_prefix_forward=False
+)
 LENGTH, NUM_MICRO = 24, 2
 
 

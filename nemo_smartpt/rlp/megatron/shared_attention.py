@@ -272,6 +272,11 @@ def shared_prefix_forward(batch: dict[str, torch.Tensor], model) -> torch.Tensor
 
     gpt = unwrap_model(model)
     install_grouped_attention(gpt)
+    if gpt.config.pipeline_model_parallel_size > 1 and not gpt.config.variable_seq_lengths:
+        # Packed micro-batches differ in length; fixed p2p buffers would receive the wrong shape.
+        raise SharedPrefixUnsupportedError(
+            "pipeline parallelism needs variable_seq_lengths=True for packed micro-batches (pretrain() sets it)"
+        )
     with _own_rotary(gpt):
         out = model(batch["sp_input_ids_RS"], batch["sp_position_ids_RS"], batch["sp_layout_R4"])
     if not getattr(gpt, "post_process", True):
