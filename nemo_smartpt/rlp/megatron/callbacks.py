@@ -288,6 +288,10 @@ def _make_callback_class():
             step_s = time.perf_counter() - (self._t0 or time.perf_counter())
             if not context.skipped_iter:
                 run.ema.update(ema_params(context.model))
+            # Bridge's scheduler has just written its next-token value for the next step; put the RLP one back now,
+            # so that Bridge's own log line (printed after this event) shows the RLP learning rate too.
+            step_now = int(context.state.train_state.step)
+            run.optim.apply(context.optimizer, step_now + 1 - run.rlp_start_step, first=False)
             metrics = step_metrics(run, context.loss_dict or {}, run.preparer.stats, run.counters, step_s)
             metrics["rlp lr"] = run.lr
             if context.grad_norm is not None:
