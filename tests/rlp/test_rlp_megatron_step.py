@@ -344,3 +344,24 @@ def test_models_without_the_output_processor_hook_get_the_same_logprobs(tiny_gpt
     intercepted = rlp_forward(batch, tiny_gpt, cfg)
     torch.testing.assert_close(intercepted, hooked)
     assert "forward" not in vars(tiny_gpt.output_layer)  # the output layer is itself again
+
+
+def test_scored_positions_can_be_read_from_a_packed_layout(tiny_gpt):
+    # A forward over another row order (as the shared-prefix layout packs rows): index_NL maps back, same numbers.
+    from nemo_smartpt.rlp.megatron.logits import SelectedLogprobs, forward_with_processor
+    from nemo_smartpt.rlp.megatron.logprobs import causal_mask
+    from nemo_smartpt.rlp.megatron.step import scored_masks
+
+    cfg = _cfg(logits_chunk_tokens=6)
+    _, batch = _prepare(tiny_gpt, cfg)
+    N, L = batch["input_ids_NL"].shape
+    perm = torch.randperm(N, generator=torch.Generator().manual_seed(0))  # packed row r holds scoring row perm[r]
+    where = torch.empty(N, dtype=torch.long)
+    where[perm] = torch.arange(N)
+    index_NL = where[:, None] * L + torch.arange(L)[None]
+    grad_NL, nograd_NL, temp_NL = scored_masks(batch, cfg)
+    processor = SelectedLogprobs(grad_NL, nograd_NL, batch["labels_NL"], temp_NL, 6, index_NL=index_NL)
+    packed = forward_with_processor(
+        tiny_gpt, tiny_gpt, processor, batch["input_ids_NL"][perm], batch["position_ids_NL"][perm], causal_mask(L)
+    )
+    torch.testing.assert_close(packed, rlp_forward(batch, tiny_gpt, cfg), rtol=1e-5, atol=1e-6)

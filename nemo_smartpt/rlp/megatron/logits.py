@@ -79,17 +79,31 @@ def chunked_logprobs(
 
 
 def gather_positions(
-    hidden_SNH: torch.Tensor, rows_P: torch.Tensor, cols_P: torch.Tensor, sequence_parallel: bool, tp_group=None
+    hidden_SNH: torch.Tensor,
+    rows_P: torch.Tensor,
+    cols_P: torch.Tensor,
+    sequence_parallel: bool,
+    tp_group=None,
+    packed: bool = False,
 ) -> torch.Tensor:
-    """``hidden[col, row]`` for each position, as the output layer's TP input (see the module docstring)."""
+    """``hidden[col, row]`` for each position, as the output layer's TP input (see the module docstring).
+
+    ``packed``: ``rows_P`` holds flat indices ``row·S + position`` into the model's ``[S, R, H]`` output instead (a
+    packed layout such as the shared-prefix forward's, whose rows are not the scoring rows); ``cols_P`` is ignored.
+    """
     from megatron.core import tensor_parallel
 
     if sequence_parallel:
         hidden_SNH = tensor_parallel.gather_from_sequence_parallel_region(
             hidden_SNH, tensor_parallel_output_grad=True, group=tp_group
         )
-        return hidden_SNH[cols_P, rows_P]
-    return tensor_parallel.copy_to_tensor_model_parallel_region(hidden_SNH[cols_P, rows_P], group=tp_group)
+    if packed:
+        S = hidden_SNH.shape[0]
+        rows_P, cols_P = rows_P // S, rows_P % S
+    picked = hidden_SNH[cols_P, rows_P]
+    return (
+        picked if sequence_parallel else tensor_parallel.copy_to_tensor_model_parallel_region(picked, group=tp_group)
+    )
 
 
 def output_weight_of(output_layer, tied_weight):
@@ -108,9 +122,12 @@ class SelectedLogprobs:
         labels_NL: the label at every position.
         temperature_NL: the temperature per position (the sampling T on thought tokens, 1 elsewhere).
         chunk: positions per logits chunk (``rlp.logits_chunk_tokens``).
+        index_NL: where each ``[N, L]`` position sits in the model's output when the forward ran over another
+            (packed) layout: flat ``row·S + position`` (the shared-prefix layout's ``sp_index_NL``); None: the same.
     """
 
-    def __init__(self, grad_mask_NL, nograd_mask_NL, labels_NL, temperature_NL, chunk: int):
+    def __init__(self, grad_mask_NL, nograd_mask_NL, labels_NL, temperature_NL, chunk: int, index_NL=None):
+        self.index_NL = index_NL
         self.grad_mask_NL = grad_mask_NL.bool()
         self.nograd_mask_NL = nograd_mask_NL.bool() & ~self.grad_mask_NL
         self.labels_NL = labels_NL
@@ -134,7 +151,10 @@ class SelectedLogprobs:
             if rows_P.numel() == 0:
                 continue
             with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
-                h_PH = gather_positions(hidden_states, rows_P, cols_P, sp, tp_group)
+                if self.index_NL is None:
+                    h_PH = gather_positions(hidden_states, rows_P, cols_P, sp, tp_group)
+                else:
+                    h_PH = gather_positions(hidden_states, self.index_NL[rows_P, cols_P], None, sp, tp_group, True)
                 logp_P = chunked_logprobs(
                     h_PH,
                     weight_VH,
