@@ -38,7 +38,7 @@ def _per_row(batch):
 
 def _loss_and_grads(model, cfg, batch):
     model.zero_grad(set_to_none=True)
-    loss, count, metrics = rlp_loss_func(cfg, batch, rlp_forward(batch, model))
+    loss, count, metrics = rlp_loss_func(cfg, batch, rlp_forward(batch, model, cfg))
     loss.backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters()}
     return loss.detach(), count, {k: v.detach() for k, v in metrics.items()}, grads
@@ -105,6 +105,10 @@ def test_grouped_forward_equals_per_row_float64_learned_positions(tiny_gpt64):
     assert batch["sp_input_ids_RS"].shape[0] == int(batch["num_groups"])  # one packed row per group
     grouped = _assert_same(tiny_gpt64, cfg, batch)
     assert torch.isfinite(grouped[2]["rlp reward mean"]).all()
+    with torch.no_grad():  # the reference path (cfg None): full logits, gathered back to the per-row layout
+        real = batch["input_ids_NL"] != LAYOUT.pad_id
+        got, want = rlp_forward(batch, tiny_gpt64), rlp_forward(_per_row(batch), tiny_gpt64)
+        torch.testing.assert_close(got[real], want[real], rtol=1e-10, atol=1e-12)
     # Padded as pipeline parallelism pads prepared batches: still equal.
     _assert_same(tiny_gpt64, cfg, pad_prepared_length(batch, batch["input_ids_NL"].shape[1] + 3))
 

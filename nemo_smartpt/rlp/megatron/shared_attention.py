@@ -265,9 +265,15 @@ def _own_rotary(gpt):
         gpt.position_embedding_type = "rope"
 
 
-def shared_prefix_forward(batch: dict[str, torch.Tensor], model) -> torch.Tensor:
-    """The training forward over the grouped layout; the last stage returns logits in the per-row layout
-    ``[rows, L, V/tp]`` (the loss function is unchanged), other stages their packed hidden states."""
+def shared_prefix_forward(batch: dict[str, torch.Tensor], model, processor=None) -> torch.Tensor:
+    """The training forward over the grouped layout.
+
+    With ``processor`` (the step's :class:`~nemo_smartpt.rlp.megatron.logits.SelectedLogprobs`, built with
+    ``index_NL=sp_index_NL``) the last stage returns the scored log-probs ``[rows, L]`` of the per-row layout, read
+    from the packed hidden states; without it, full logits gathered to the per-row layout ``[rows, L, V/tp]`` (the
+    reference path). Other pipeline stages return their packed hidden states.
+    """
+    from nemo_smartpt.rlp.megatron.logits import forward_with_processor
     from nemo_smartpt.rlp.megatron.logprobs import unwrap_model
 
     gpt = unwrap_model(model)
@@ -277,8 +283,11 @@ def shared_prefix_forward(batch: dict[str, torch.Tensor], model) -> torch.Tensor
         raise SharedPrefixUnsupportedError(
             "pipeline parallelism needs variable_seq_lengths=True for packed micro-batches (pretrain() sets it)"
         )
+    args = (batch["sp_input_ids_RS"], batch["sp_position_ids_RS"], batch["sp_layout_R4"])
     with _own_rotary(gpt):
-        out = model(batch["sp_input_ids_RS"], batch["sp_position_ids_RS"], batch["sp_layout_R4"])
+        if processor is not None:
+            return forward_with_processor(model, gpt, processor, *args)
+        out = model(*args)
     if not getattr(gpt, "post_process", True):
         return out
     return to_row_layout(out, batch["sp_index_NL"])
