@@ -147,9 +147,9 @@ def main(argv=None) -> dict:
     common = dict(num_positions=B, num_rollouts=G, rollout_prefix_tokens=P, thought_tokens=R, baseline_tokens=0)
     f_row = rlp_step_flops(spec, **common, shared_prefix_training=False).training
     f_grp = rlp_step_flops(spec, **common, shared_prefix_training=True).training
-    logits = 3 * 2 * args.hidden * args.vocab  # forward + backward of the output layer, per position
-    f_row += logits * B * G * (P + R)
-    f_grp += logits * B * (P + G * R)
+    # The output layer runs at the scored positions only (thought tokens + target), the same in both layouts.
+    scored = 3 * 2 * args.hidden * args.vocab * B * G * (R + 1)
+    f_row, f_grp = f_row + scored, f_grp + scored
     d_row, d_grp = flops_ratio(P, R, G, args.hidden, args.layers, args.vocab)
     result = {
         "shape": {"context": P, "thought": R, "G": G, "groups": B, "layers": args.layers, "hidden": args.hidden},

@@ -294,14 +294,16 @@ def shared_prefix_forward(batch: dict[str, torch.Tensor], model, processor=None)
 
 
 def flops_ratio(prefix_len: float, thought_len: float, num_rollouts: int, hidden: int, layers: int, vocab: int):
-    """Model FLOPs of one group's training forward, ``(per-row, grouped)``: linear layers 24·h² per token per layer,
-    attention 4·h per query-key pair per layer (dense score blocks), the output layer 2·h·V per position."""
+    """Model FLOPs of one group's training forward as executed, ``(per-row, grouped)``: linear layers 24·h² per token
+    per layer, attention 4·h per query-key pair per layer (dense score blocks), and the output layer 2·h·V at the
+    scored positions only (thought tokens and the target, the same G·(R + 1) in both layouts)."""
     from nemo_smartpt.rlp.shared_prefix import grouped_attention_pairs, grouped_token_counts
 
     tok = grouped_token_counts(prefix_len, thought_len, num_rollouts)
     pairs = grouped_attention_pairs(prefix_len, thought_len, num_rollouts)
+    scored = num_rollouts * (thought_len + 1)
     return tuple(
-        layers * (24 * hidden * hidden * t + 4 * hidden * a) + 2 * hidden * vocab * t for t, a in zip(tok, pairs)
+        layers * (24 * hidden * hidden * t + 4 * hidden * a) + 2 * hidden * vocab * scored for t, a in zip(tok, pairs)
     )
 
 
