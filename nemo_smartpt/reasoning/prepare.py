@@ -26,6 +26,7 @@ import logging
 import multiprocessing
 import os
 import re
+import signal
 import sys
 import time
 import warnings
@@ -94,8 +95,17 @@ def _results(cfg: PrepareConfig, files: list[str], processor: RecordProcessor) -
         return
     # spawn: workers import only the light modules (no torch), and no fork-with-threads hazards.
     ctx = multiprocessing.get_context("spawn")
-    pool = ctx.Pool(cfg.workers, initializer=init_worker, initargs=(cfg,))
+    # A signal while the pool starts would leave started workers with no one to stop them: hold SIGINT/SIGTERM/SIGHUP
+    # until `pool` exists; one that arrived meanwhile is delivered at the unblock, inside the try below.
+    held = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
     try:
+        pool = ctx.Pool(cfg.workers, initializer=init_worker, initargs=(cfg,))
+    except BaseException:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        raise
+    try:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
         pending: deque = deque()
         window = 2 * cfg.workers
         for chunk in chunks:
