@@ -93,18 +93,18 @@ def test_a_whole_multi_epoch_stream_reads_no_source_past_its_cap(planned):
 
 def test_a_plan_without_room_for_rounding_is_refused_not_overread(planned):
     root, plan, train = planned
-    # the same plan with crawl_high drawn exactly to its cap, as a planner that ignores rounding would write it
+    # one phase that draws crawl_high 2% past its cap, as a planner that ignored the train split or rounding might
     greedy = json.loads(json.dumps(plan))
-    for phase in greedy["phases"]:
-        if phase["weights"]["crawl_high"] > 0:
-            tokens = phase["end_token"] - phase["start_token"]
-            phase["weights"]["crawl_high"] *= 1.03
-            rest = 1 - phase["weights"]["crawl_high"]
-            others = sum(w for n, w in phase["weights"].items() if n != "crawl_high")
-            for n in phase["weights"]:
-                if n != "crawl_high":
-                    phase["weights"][n] *= rest / others
-            assert tokens > 0
+    budget, high_tokens = plan["budget_tokens"], train["crawl_high"][2]
+    w = 1.02 * SOURCES["crawl_high"][3] * high_tokens / budget
+    greedy["phases"] = [
+        {
+            "name": "only",
+            "start_token": 0,
+            "end_token": budget,
+            "weights": {"crawl_high": w, "crawl_low": 1 - w, "math": 0},
+        }
+    ]
     cfg = PhasedDatasetConfig(SEQ, GBS, seed=3, split=SPLIT, path_to_cache=str(root / "cache2"))
     with pytest.raises(PhasedDatasetError, match=r"source 'crawl_high' would (be read|start epoch).*max_epochs 4"):
         phased_dataset_from_plan(greedy, cfg, TOKENIZER)
