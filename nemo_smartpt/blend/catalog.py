@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -169,10 +170,15 @@ def train_range(split: str, sequences: int) -> tuple[int, int]:
         parse_and_normalize_split,
     )
 
+    parts = [p.strip() for p in re.split(r"[,/]", str(split))]
     try:
-        matrix = convert_split_vector_to_split_matrix(parse_and_normalize_split(split))
-    except Exception as exc:  # megatron asserts on malformed strings
-        raise CatalogError(f"split={split!r} is not a megatron-core split string like 98,1,1 ({exc})") from None
+        numbers = [float(p) for p in parts]
+    except ValueError:
+        numbers = []
+    # megatron-core reads any digits it finds (``abc`` becomes 0,0,0 and then NaN): check the string first
+    if not 1 <= len(numbers) <= 3 or min(numbers) < 0 or sum(numbers) <= 0 or numbers[0] <= 0:
+        raise CatalogError(f"split={split!r} is not a megatron-core split string like 98,1,1 (train part > 0)")
+    matrix = convert_split_vector_to_split_matrix(parse_and_normalize_split(str(split)))
     bookends = matrix[0]
     if bookends is None:
         return 0, 0
