@@ -101,7 +101,7 @@ def test_nemotron_cc_buckets_map_to_five_tiers_and_overrides_win(tmp_path, capsy
     [
         (["prepared=[{tmp}/nothing]"], "prepared={tmp}/nothing: cannot read"),
         (["prefixes=[{tmp}/d_Gold]"], "label 'Gold'"),
-        (["prefixes=[{tmp}/d_High]", "tiers.High=superb"], "unknown tier(s) ['superb']"),
+        (["prefixes=[{tmp}/d_High]", "tiers.high=superb"], "unknown tier(s) ['superb']"),
         (["prefixes=[{tmp}/d_High]", "out={tmp}"], "is a directory"),
         ([], "give prepared="),
     ],
