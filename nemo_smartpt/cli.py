@@ -30,6 +30,11 @@ COMMANDS: dict[str, Command] = {
         "read a source catalog and write a quality/epoch-aware multi-phase blend plan (JSON, table, PNG)",
         3,
     ),
+    "catalog": Command(
+        "nemo_smartpt.blend.catalog_cli",
+        "write catalog.yaml from quality-labelled datasets (prepare group_by=FIELD; Curator / Nemotron-CC labels)",
+        12,
+    ),
     "train": Command(
         "nemo_smartpt.bridge.train_cli",
         "compose a Megatron-Bridge recipe + preset + overrides and run pretrain()",

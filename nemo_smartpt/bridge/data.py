@@ -60,7 +60,7 @@ def run_catalog(cfg, out: Path) -> Path:
     return target
 
 
-def plan_for_run(cfg, out: Path, budget_tokens: float) -> Path:
+def plan_for_run(cfg, out: Path, budget_tokens: float, seq_length: int = 4096, global_batch_size: int = 0) -> Path:
     """``plan.json`` for this run: the given ``data.plan``, or a fresh plan of the catalog for ``budget_tokens``."""
     if cfg.data.plan:
         return Path(cfg.data.plan)
@@ -73,5 +73,9 @@ def plan_for_run(cfg, out: Path, budget_tokens: float) -> Path:
         out=str(out / "plan"),
         phase_boundaries=list(cfg.data.phase_boundaries),
         seed=cfg.seed,
+        # the caps count the split the run reads and keep room for its sample and batch rounding
+        split=cfg.data.split,
+        seq_length=seq_length,
+        global_batch_size=global_batch_size,
     )
     return Path(run(plan_cfg)["json"])

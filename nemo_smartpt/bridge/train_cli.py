@@ -124,7 +124,8 @@ class TrainRun:
         from nemo_smartpt.blend.provider import PhasedPlanDatasetProvider
         from nemo_smartpt.bridge.data import plan_for_run
 
-        self.plan_path = plan_for_run(self.cfg, self.out, self.schedule["samples"] * self.seq_length * PLAN_MARGIN)
+        budget = self.schedule["samples"] * self.seq_length * PLAN_MARGIN
+        self.plan_path = plan_for_run(self.cfg, self.out, budget, self.seq_length, self.global_batch_size)
         self.bridge.dataset = PhasedPlanDatasetProvider(
             plan_path=str(self.plan_path),
             seq_length=self.seq_length,
