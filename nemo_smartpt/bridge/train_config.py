@@ -78,6 +78,15 @@ class EvalConfig:
 
 
 @dataclass
+class ResumeConfig:
+    """What a command may change when it continues an existing run directory."""
+
+    allow_changes: list[str] = field(default_factory=list)
+    """Settings that may differ from the run's ``run_snapshot.json`` (``[train.train_iters]``, ``[rlp]`` for every
+    ``rlp.*``, ``[optimizer.lr,logger]``; ``*`` wildcards work). Anything else that differs fails in one line."""
+
+
+@dataclass
 class TrainConfig:
     """``smartpt train``: ours; Bridge's ConfigContainer fields are overridden with their own keys."""
 
@@ -86,17 +95,19 @@ class TrainConfig:
     recipe: str = "cpu_tiny"
     """Bridge recipe: ``cpu_tiny`` (tiny GPT; fp32 on CPU, bf16 on GPU), ``vanilla_gpt`` or
     ``nemotron_nano_12b_v2`` (hybrid Mamba; GPU only)."""
-    out_dir: str = "runs/train"
-    """Run directory: plan, checkpoints, tensorboard, metrics.jsonl, eval.json."""
+    out_dir: str = ""
+    """Run directory: plan, checkpoints, tensorboard, metrics.jsonl, eval.json; empty = ``runs/<experiment>``
+    (``runs/train`` without a preset), so presets never share one."""
     seed: int = 1234
     """Seed of weights, data order, rollouts."""
     data: DataConfig = field(default_factory=DataConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     rlp: RLPConfig = field(default_factory=RLPConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    resume: ResumeConfig = field(default_factory=ResumeConfig)
 
 
-OURS = {"experiment", "recipe", "out_dir", "seed", "data", "schedule", "rlp", "eval"}
+OURS = {"experiment", "recipe", "out_dir", "seed", "data", "schedule", "rlp", "eval", "resume"}
 
 
 def flatten(tree: dict, prefix: str = "") -> list[str]:
