@@ -173,7 +173,7 @@ def _build(config, cfg: TrainConfig, save_interval: int | None, fit_rlp_context:
 
     # The resume guard: nothing in out_dir is written before this passes.
     catalog_text = None if cfg.data.plan else _catalog_text(cfg)
-    snapshot = run_snapshot(cfg, config, sp.schedule, catalog_text)
+    snapshot = run_snapshot(cfg, config, catalog_text)
     try:
         check = run_dir.check_resume(out, snapshot, list(cfg.resume.allow_changes))
     except run_dir.RunDirError as exc:
@@ -253,13 +253,15 @@ def _checkpoint_policy(config, out: Path, total_steps: int, save_interval: int |
     config.train.exit_signal_handler = True
 
 
-def run_snapshot(cfg: TrainConfig, config, schedule: dict, catalog_text: str | None) -> dict[str, str]:
+def run_snapshot(cfg: TrainConfig, config, catalog_text: str | None) -> dict[str, str]:
     """The settings a resumed run must share with the run it continues, flattened to ``{key: json}``."""
     ours = dataclasses.asdict(cfg)
     for key in ("out_dir", "resume"):
         ours.pop(key, None)
     ours["eval"].pop("enabled", None)
-    tree: dict = {**ours, "schedule_resolved": dict(schedule)}
+    # The resolved schedule is not compared: it follows from schedule.*, rlp.* and train.* (compared), so allowing
+    # train.train_iters alone is enough to extend a run.
+    tree: dict = dict(ours)
     if catalog_text is not None:
         tree["data"]["catalog_content"] = hashlib.sha256(catalog_text.encode()).hexdigest()[:16]
     if cfg.data.plan:

@@ -3,7 +3,8 @@
 Two config trees meet on one command line:
 
 - ours (:class:`TrainConfig`): ``experiment``, ``recipe``, ``out_dir``, ``seed``, ``data.*``, ``rlp.*``,
-  ``schedule.*``, ``eval.*`` — dataclasses, the only home of their defaults;
+  ``schedule.*``, ``eval.*``, ``resume.*`` — dataclasses, the only home of their defaults (the Python API,
+  :func:`nemo_smartpt.bridge.add_smartpt`, takes the same ones);
 - Megatron-Bridge's ``ConfigContainer``: every other top-level key (``model.*``, ``train.*``, ``optimizer.*``,
   ``checkpoint.*``, ``dataset.*``, ``logger.*``, ...), applied with Bridge's own ``process_config_with_overrides``.
 

@@ -44,7 +44,6 @@ def test_hopper_at_its_defaults_trains_to_the_end_then_says_complete_and_guards_
     again = smartpt_train("+experiment=hopper", bundled_arg, cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "run complete at step 10 (runs/hopper)" in again.stdout
-    assert "Traceback" not in again.stderr
 
     wrong = smartpt_train("+experiment=volta", "out_dir=runs/hopper", bundled_arg, cwd=tmp_path)
     assert wrong.returncode == 2
@@ -90,14 +89,13 @@ def test_sigterm_saves_and_the_same_command_resumes_the_same_stream(tmp_path, bu
     output = (tmp_path / "cut.log").read_text()
     assert "the same command resumes" in output, output[-3000:]
     saved = sorted(int(p.name[5:]) for p in (cut / "checkpoints").glob("iter_*"))
-    assert saved and saved[-1] < 16 and len(saved) <= 2  # most_recent_k=2 on CPU
+    # Step 2's interval save, and the save on SIGTERM at step 3 or later (4 coincides with the interval); most_recent_k=2
+    # keeps two.
+    assert len(saved) == 2 and 2 <= saved[0] < saved[1] < 16, saved
 
     # A save cut short: the newest checkpoint's run_config.yaml is empty.
     (cut / "checkpoints" / f"iter_{saved[-1]:07d}" / "run_config.yaml").write_text("")
     resumed = smartpt_train(f"out_dir={cut}", *common, *TINY)
-    if len(saved) == 1:  # stopped before the second save: there is nothing complete to resume from
-        assert resumed.returncode == 2 and "holds no complete checkpoint" in resumed.stderr
-        return
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"checkpoint iter_{saved[-1]:07d} is incomplete" in resumed.stdout
     assert f"resuming from the last complete one, iter_{saved[-2]:07d}" in resumed.stdout
