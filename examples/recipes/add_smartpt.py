@@ -12,6 +12,7 @@ resumes the run from its newest complete checkpoint (SIGTERM saves one), exactly
 from __future__ import annotations
 
 import argparse
+import os
 
 import torch
 
@@ -63,6 +64,9 @@ def main() -> int:
         cfg = cpu_sized(cfg, args.out_dir, args.seed)
     cfg.train.train_iters = args.train_iters
     cfg.train.global_batch_size, cfg.train.micro_batch_size = 8, 4
+    # Recipes write under ./nemo_experiments by default; keep this run's checkpoints and logs in its directory.
+    cfg.checkpoint.save = cfg.checkpoint.load = os.path.join(args.out_dir, "checkpoints")
+    cfg.logger.tensorboard_dir = os.path.join(args.out_dir, "tb")
 
     sp = add_smartpt(
         cfg,

@@ -230,9 +230,15 @@ def _use_data_tokenizer(config, cfg: TrainConfig, tokenizer) -> None:
         if getattr(current, "tokenizer_type", None) != "NullTokenizer" or current.vocab_size != vocab:
             config.tokenizer = TokenizerConfig(tokenizer_type="NullTokenizer", vocab_size=vocab)
     else:
+        vocab = tokenizer.vocab_size
         config.tokenizer = TokenizerConfig(
             tokenizer_type="HuggingFaceTokenizer", tokenizer_model=str(Path(tokenizer.path).parent)
         )
+    model_vocab = getattr(config.model, "vocab_size", None)
+    if model_vocab is not None and int(model_vocab) < vocab:
+        # Bridge refuses a model smaller than its tokenizer; the data holds ids up to vocab - 1.
+        log(f"model.vocab_size {model_vocab} -> {vocab}: data.tokenizer={cfg.data.tokenizer} has {vocab} ids")
+        config.model.vocab_size = vocab
 
 
 def _checkpoint_policy(config, out: Path, total_steps: int, save_interval: int | None) -> None:

@@ -17,7 +17,7 @@ def user_env() -> dict[str, str]:
     return env
 
 
-def smartpt_train(*args: str, cwd=None, timeout: int = 900) -> subprocess.CompletedProcess:
+def smartpt_train(*args: str, cwd=None, timeout: int = 3600) -> subprocess.CompletedProcess:
     """``python -m nemo_smartpt train ARGS``."""
     return subprocess.run(
         [sys.executable, "-m", "nemo_smartpt", "train", *args],
