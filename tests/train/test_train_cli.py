@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 TINY = ["model.seq_length=64", "train.global_batch_size=8", "train.micro_batch_size=4", "eval.enabled=false"]
 
 
-def smartpt(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+def smartpt(*args: str, timeout: int = 3600) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     return subprocess.run(
         [sys.executable, "-m", "nemo_smartpt", "train", *args],
@@ -92,7 +92,7 @@ def test_demo_runs_the_whole_story_and_writes_the_report(tmp_path, bundled):
         [sys.executable, "-m", "nemo_smartpt", "demo", f"out_dir={out}", f"bundled_dir={bundled}", "train_iters=24"],
         capture_output=True,
         text=True,
-        timeout=900,
+        timeout=3600,
         env=env,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -225,7 +225,7 @@ def test_hopper_under_torchrun_with_two_pipeline_stages(tmp_path, bundled):
         ],
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=3600,
         env=dict(os.environ, PYTHONWARNINGS="ignore"),
     )
     assert result.returncode == 0, result.stderr[-3000:]
