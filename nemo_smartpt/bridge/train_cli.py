@@ -97,7 +97,9 @@ def recipe_container(cfg: TrainConfig, out: str):
     if cfg.recipe == "cpu_tiny":
         bridge = cpu_pretrain_config(None, out, model=TinyModelConfig(vocab_size=vocab), seed=cfg.seed)
     else:
-        bridge = recipe_config(cfg.recipe, out, vocab_size=vocab, seed=cfg.seed)
+        bridge = recipe_config(
+            cfg.recipe, out, vocab_size=vocab, seed=cfg.seed, shrink=cfg.shrink, model_config=cfg.model_config
+        )
     # Checkpoint into the run directory by default, so the same command resumes (users may override both).
     bridge.checkpoint.save = bridge.checkpoint.load = str(Path(out) / "checkpoints")
     return bridge

@@ -1,11 +1,12 @@
 """RLP under pipeline parallelism (PP=2, two gloo processes) resumes from a Bridge checkpoint and continues the stream.
 
-An uninterrupted run trains 4 iterations through Bridge's ``pretrain()`` and checkpoints at iterations 2 and 4 (each
-stage writes its own EMA side file next to the distributed checkpoint). A second run in a fresh directory loads the
+An uninterrupted run trains 4 iterations through Bridge's ``pretrain()`` and checkpoints at iterations 2 and 4 (the EMA
+goes into ``iter_XXXXXXX/rlp_ema``, a Megatron distributed checkpoint of its own). A second run in a fresh directory loads the
 iteration-2 checkpoint (``checkpoint.ckpt_step=2``) and trains iterations 3 and 4. The test proves that:
 
-- each stage restores its *own* side file: the EMA shadows at train start equal ``rlp_ema_rank{r}.pt`` of iteration 2
-  tensor for tensor, the update count and RLP totals continue from the saved ones (2 → 4, not 0 → 2);
+- each stage restores its *own* shards of the EMA distributed checkpoint (``iter_0000002/rlp_ema``): the shadows at
+  train start equal what that checkpoint holds for the stage, tensor for tensor, the update count and RLP totals
+  continue from the saved ones (2 → 4, not 0 → 2);
 - the resumed iterations are the uninterrupted run's iterations 3 and 4: the same samples (``PipelineFeed`` reads them
   from ``consumed_train_samples``), the same rollouts (sampler seeded per step/rank/micro-batch: identical generated
   token counts on both stages, identical thought lengths), the same loss and rewards, and the same EMA at iteration 4.
@@ -51,16 +52,18 @@ def _probe_class():
 
         def __init__(self, run):
             self.run = run
+            self.model = None
             self.start = None
             self.steps = []
 
         def on_train_start(self, context):
+            self.model = context.model
             ema = self.run.ema
             self.start = {
                 "step": int(context.state.train_state.step),
                 "consumed": int(context.state.train_state.consumed_train_samples),
                 "ema_updates": ema.num_updates,
-                "shadow": [s.detach().cpu().clone() for s in ema.shadow],
+                "shadow": None if ema.shadow is None else [s.detach().cpu().clone() for s in ema.shadow],
                 "totals": dict(self.run.totals),
             }
 
@@ -80,8 +83,6 @@ def _probe_class():
 
 def _train(rank, world_size, data_dir: str, out_dir: str, load_dir: str | None):
     from megatron.bridge.training.pretrain import pretrain
-
-    from nemo_smartpt.rlp.megatron.callbacks import ema_side_file
 
     # Both runs have the same train_iters, so Bridge builds the same dataset (its sample count sets the shuffle).
     # ema_decay 0.5: φ after two updates is far from θ_2, so a re-initialised (not restored) EMA shows in s_ema.
@@ -104,15 +105,23 @@ def _train(rank, world_size, data_dir: str, out_dir: str, load_dir: str | None):
     probe = _probe_class()(run)
     pretrain(cfg, forward_step, callbacks=[*callbacks, probe])
 
+    from nemo_smartpt.rlp.megatron.callbacks import ema_params
+    from nemo_smartpt.rlp.megatron.ema_checkpoint import ema_checkpoint_dir, load_ema_checkpoint
+
+    params = ema_params(probe.model)
     restored = None
-    if load_dir is not None:  # compare the shadows at train start with this rank's own iteration-2 side file
-        saved = torch.load(ema_side_file(load_dir, SAVE_AT, rank), map_location="cpu", weights_only=False)
-        shadow, ref = probe.start["shadow"], saved["ema"]["shadow"]
+    if load_dir is not None:  # compare the shadows at train start with this stage's shards of iteration 2's EMA
+        saved, common = load_ema_checkpoint(probe.model, params, ema_checkpoint_dir(load_dir, SAVE_AT))
+        shadow = probe.start["shadow"]
         restored = {
-            "same_shadow": len(shadow) == len(ref) and all(torch.equal(a, b) for a, b in zip(shadow, ref)),
-            "saved_updates": saved["ema"]["num_updates"],
-            "saved_totals": saved["totals"],
+            "same_shadow": shadow is not None
+            and all(torch.equal(a, b.cpu()) for a, b in zip(shadow, saved, strict=True)),
+            "saved_updates": common["ema_num_updates"],
+            "saved_totals": {k: common[k] for k in ("steps", "generated_tokens", "flops")},
         }
+    final, final_common = load_ema_checkpoint(
+        probe.model, params, ema_checkpoint_dir(str(Path(out_dir) / "checkpoints"), ITERS)
+    )
     start = {k: v for k, v in probe.start.items() if k != "shadow"}
     return {
         "is_last": rank == world_size - 1,
@@ -121,16 +130,13 @@ def _train(rank, world_size, data_dir: str, out_dir: str, load_dir: str | None):
         "start": start,
         "steps": probe.steps,
         "restored": restored,
+        "final_ema": [t.cpu() for t in final],
+        "final_updates": final_common["ema_num_updates"],
     }
 
 
 def _metrics(out: Path) -> list[dict]:
     return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]  # written by the last stage
-
-
-def _ema_file(out: Path, iteration: int, rank: int) -> dict:
-    path = out / "checkpoints" / f"iter_{iteration:07d}" / f"rlp_ema_rank{rank}.pt"
-    return torch.load(path, map_location="cpu", weights_only=False)
 
 
 def test_rlp_pp2_resumes_from_bridge_checkpoint_and_continues_the_stream(tmp_path):
@@ -142,7 +148,8 @@ def test_rlp_pp2_resumes_from_bridge_checkpoint_and_continues_the_stream(tmp_pat
     full_ranks = run_distributed(_train, 2, data, str(full), None, timeout=600)
     assert [r["is_last"] for r in full_ranks] == [False, True]
     for r in full_ranks:
-        assert r["start"]["step"] == 0 and r["start"]["ema_updates"] == 0  # a fresh run: φ = θ at the start
+        # A fresh run: no EMA before the first RLP step (φ = θ is set there).
+        assert r["start"]["step"] == 0 and r["start"]["ema_updates"] == 0 and r["start"]["shadow"] is None
         assert r["totals"]["steps"] == ITERS and r["ema_updates"] == ITERS
         assert [s["step"] for s in r["steps"]] == list(range(1, ITERS + 1))
         assert all(s["generated_tokens"] > 0 and s["prefills"] == s["positions"] > 0 for s in r["steps"])
@@ -155,10 +162,9 @@ def test_rlp_pp2_resumes_from_bridge_checkpoint_and_continues_the_stream(tmp_pat
             assert key in m and math.isfinite(m[key]), (key, m.get(key))
         assert 0 < m["rlp thought length"] <= 8
     for it in (SAVE_AT, ITERS):
-        for rank in (0, 1):
-            assert (full / "checkpoints" / f"iter_{it:07d}" / f"rlp_ema_rank{rank}.pt").exists(), (it, rank)
-    # The two stages hold different shards, so a file loaded by the wrong rank would not fit.
-    shapes = [[tuple(s.shape) for s in _ema_file(full, SAVE_AT, rank)["ema"]["shadow"]] for rank in (0, 1)]
+        assert (full / "checkpoints" / f"iter_{it:07d}" / "rlp_ema" / "metadata.json").exists(), it
+    # The two stages hold different layers, so their EMA shards differ in number and shape.
+    shapes = [[tuple(t.shape) for t in r["final_ema"]] for r in full_ranks]
     assert shapes[0] != shapes[1]
 
     # 2. Resumed in a fresh directory from the uninterrupted run's iteration-2 checkpoint: iterations 3 and 4.
@@ -168,7 +174,7 @@ def test_rlp_pp2_resumes_from_bridge_checkpoint_and_continues_the_stream(tmp_pat
     for rank, r in enumerate(res_ranks):
         assert r["start"]["step"] == SAVE_AT and r["start"]["consumed"] == SAVE_AT * 4  # Bridge loaded iteration 2
         restored = r["restored"]
-        assert restored["same_shadow"], f"rank {rank} did not restore its own EMA side file"
+        assert restored["same_shadow"], f"rank {rank} did not restore its own EMA shards"
         assert restored["saved_updates"] == SAVE_AT and restored["saved_totals"]["steps"] == SAVE_AT
         # The EMA and counters continue from the saved ones (a fresh EMA would restart at 0 and end at 2).
         assert r["start"]["ema_updates"] == SAVE_AT and r["start"]["totals"] == restored["saved_totals"]
@@ -186,7 +192,7 @@ def test_rlp_pp2_resumes_from_bridge_checkpoint_and_continues_the_stream(tmp_pat
             assert got[key] == pytest.approx(ref[key], rel=1e-5, abs=0.0), (got["step"], key, got[key], ref[key])
     # The EMA after iteration 4 is the uninterrupted run's, on each stage.
     for rank in (0, 1):
-        got, ref = _ema_file(resumed, ITERS, rank), _ema_file(full, ITERS, rank)
-        assert got["ema"]["num_updates"] == ref["ema"]["num_updates"] == ITERS
-        for a, b in zip(got["ema"]["shadow"], ref["ema"]["shadow"], strict=True):
+        got, ref = res_ranks[rank], full_ranks[rank]
+        assert got["final_updates"] == ref["final_updates"] == ITERS
+        for a, b in zip(got["final_ema"], ref["final_ema"], strict=True):
             torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
