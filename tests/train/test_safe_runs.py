@@ -40,11 +40,11 @@ def test_hopper_at_its_defaults_trains_to_the_end_then_says_complete_and_guards_
     assert all("rlp_reward_mean" in r for r in records[6:]) and not any("rlp_reward_mean" in r for r in records[:6])
     assert sorted(p.name for p in (run / "checkpoints").glob("iter_*")) == ["iter_0000005", "iter_0000010"]
 
-    before = files_of(run)
     again = smartpt_train("+experiment=hopper", bundled_arg, cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "run complete at step 10 (runs/hopper)" in again.stdout
 
+    before = files_of(run)
     wrong = smartpt_train("+experiment=volta", "out_dir=runs/hopper", bundled_arg, cwd=tmp_path)
     assert wrong.returncode == 2
     # Megatron's import warnings go to stderr before it; the command's own error is one line, and the last.
