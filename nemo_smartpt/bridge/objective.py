@@ -42,7 +42,7 @@ def phase_starts_of(plan: dict, arm: str, seq_length: int, global_batch_size: in
 
 
 def build_objective(run):
-    """Forward step and callbacks for a :class:`~nemo_smartpt.bridge.train_cli.TrainRun`."""
+    """Forward step and callbacks for a run (:class:`~nemo_smartpt.bridge.api.SmartPT`)."""
     from nemo_smartpt.blend.plan_io import read_plan_json
     from nemo_smartpt.bridge.evaluate import eval_callback
 

@@ -36,23 +36,7 @@ MAX_STEPS = "2"  # SMARTPT_MAX_STEPS for every command (README: "Smoke-testing a
 
 # Commands that fail on this branch and are fixed on another; the lead removes an entry when merging that branch.
 # Keyed by command, or (command, n) for its n-th occurrence in the README.
-WAITING = {
-    # runs: finished-run exit ("run complete at step N") and out_dir=runs/<experiment> (no shared runs/train)
-    (
-        "smartpt train +experiment=volta",
-        2,
-    ): "waits on branch `runs` (finished-run exit: the second, identical command)",
-    # runs: hopper's RLP rows fit model.seq_length before step 1 (rlp.max_context fitted)
-    "smartpt train +experiment=hopper": "waits on branch `runs` (RLP row length vs model.seq_length)",
-    "smartpt train +experiment=hopper train.train_iters=200 schedule.rlp_steps=20 rlp.num_rollouts=8": (
-        "waits on branch `runs` (RLP row length vs model.seq_length)"
-    ),
-    "smartpt train +experiment=ampere data.catalog=my_catalog.yaml data.reasoning_share=0.1": (
-        "waits on branch `runs` (out_dir defaults to runs/<experiment>; today it resumes volta's runs/train)"
-    ),
-    "smartpt train +experiment=hopper checkpoint.pretrained_checkpoint=runs/volta/checkpoints "
-    "train.train_iters=200 schedule.rlp_steps=200": "waits on branch `runs` (runs/volta and RLP row length)",
-}
+WAITING: dict = {}  # README commands waiting on unmerged work (none): each entry names its branch
 
 
 def readme_commands(text: str) -> list[tuple[str, str | None]]:
