@@ -16,6 +16,7 @@ that need the user's own files name them in the README (``my_catalog.yaml``): th
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -32,6 +33,8 @@ MARKS = {
     "venv": "builds the virtual environment this test runs in",
     "benchmark": "a timed measurement of minutes; the benchmark scripts have their own toy-size tests",
 }
+# A command whose comment carries ``[refused]`` documents a refusal: it runs, and must fail in one ``smartpt`` line.
+REFUSED = "refused"
 MAX_STEPS = "2"  # SMARTPT_MAX_STEPS for every command (README: "Smoke-testing a command")
 
 # Commands that fail on this branch and are fixed on another; the lead removes an entry when merging that branch.
@@ -50,7 +53,7 @@ def readme_commands(text: str) -> list[tuple[str, str | None]]:
                 continue
             command, comment = _split_comment(line)
             found = re.search(r"\[(\w+)\]", comment)
-            mark = found.group(1) if found and found.group(1) in MARKS else None
+            mark = found.group(1) if found and found.group(1) in (*MARKS, REFUSED) else None
             commands.append((" ".join(command.split()), mark))
     return commands
 
@@ -69,7 +72,8 @@ def _split_comment(line: str) -> tuple[str, str]:
 
 
 COMMANDS = readme_commands(README.read_text())
-RUN = [c for c, mark in COMMANDS if mark is None]
+RUN = [c for c, mark in COMMANDS if mark in (None, REFUSED)]
+EXPECT_REFUSAL = {c for c, mark in COMMANDS if mark == REFUSED}
 
 
 def _occurrences(commands: list[str]) -> list[tuple[str, int]]:
@@ -94,7 +98,7 @@ def test_extraction_finds_the_documented_paths_and_marks_the_cluster_ones():
     assert "smartpt train +experiment=hopper" in RUN  # hopper at its defaults
     assert any(c.startswith("sbatch ") for c in marked) and any(c.startswith("docker ") for c in marked)
     assert all(m == "cluster" for c, m in marked.items() if c.split()[0] in ("sbatch", "docker", "enroot"))
-    assert all(m in MARKS for m in marked.values())
+    assert all(m in MARKS or m == REFUSED for m in marked.values())
     keys = set(RUN) | set(_occurrences(RUN))
     assert set(WAITING) <= keys, set(WAITING) - keys  # a reworded README command must not stay skipped here
 
@@ -120,6 +124,15 @@ def workspace(tmp_path_factory, bundled_data):
     shutil.copy(data / "eval_set.jsonl", home / "evals" / "gsm8k.jsonl")
     shutil.copy(data / "eval_set.jsonl", home / "evals" / "math500.jsonl")
     _write_tokenizer(home / "models" / "tokenizer")
+    # The prepare safety and Curator examples: a user's text jsonl, an empty file, classifier-labelled documents.
+    docs = [{"text": f"document {i} about the river and the mill, written once"} for i in range(40)]
+    for name, rows in (("a.jsonl", docs), ("b.jsonl", docs[:20]), ("empty.jsonl", [])):
+        (home / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    labels, buckets = ("High", "Medium", "Low"), ("3", "11", "18", "19")
+    curated = [dict(d, quality_pred=labels[i % 3]) for i, d in enumerate(docs)]
+    (home / "curated.jsonl").write_text("".join(json.dumps(r) + "\n" for r in curated))
+    ncc = [dict(d, bucket=buckets[i % 4]) for i, d in enumerate(docs)]
+    (home / "ncc.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ncc))
     return home
 
 
@@ -156,5 +169,10 @@ def test_readme_command_runs_as_written(command, n, workspace):
         ["bash", "-c", command], cwd=workspace, env=_env(workspace), capture_output=True, text=True, timeout=3600
     )
     output = done.stdout + done.stderr
+    if command in EXPECT_REFUSAL:
+        assert done.returncode != 0, f"$ {command}\n(documented as refused, but exited 0)\n{output[-4000:]}"
+        assert any(line.startswith("smartpt ") for line in output.splitlines()), f"$ {command}\n{output[-4000:]}"
+        assert "Traceback" not in output, f"$ {command}\n{output[-4000:]}"
+        return
     assert done.returncode == 0, f"$ {command}\n{output[-4000:]}"
     assert "Traceback" not in output, f"$ {command}\n{output[-4000:]}"
