@@ -28,6 +28,19 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True)
+def isolated_attention_backend_env():
+    """Megatron's model constructor writes the attention backend into ``NVTE_*`` environment variables and asserts
+    that later models agree (``LanguageModule._set_attention_backend``). One test building an ``auto`` model (the
+    tiny GPT) and the next a ``local`` one (``adapt_to_cpu``), or a CLI subprocess inheriting the first one's
+    variables, would then fail by test order alone: each test starts from the environment it was given."""
+    saved = {key: value for key, value in os.environ.items() if key.startswith("NVTE_")}
+    yield
+    for key in [key for key in os.environ if key.startswith("NVTE_")]:
+        del os.environ[key]
+    os.environ.update(saved)
+
+
 @pytest.fixture
 def tiny_indexed_dataset(tmp_path):
     """A real megatron-core indexed dataset (``.bin``/``.idx``) of 200 learnable documents; returns its prefix."""
