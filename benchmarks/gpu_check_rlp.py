@@ -60,8 +60,8 @@ def _init(seed: int):
         from nemo_smartpt.runtime import apply_cpu_runtime
 
         apply_cpu_runtime()
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", str(free_port()))
+    # One process, always: a port inherited from the caller's environment may be held by the caller's own group.
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
     torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo", rank=0, world_size=1)
     if torch.cuda.is_available():
         torch.cuda.set_device(0)

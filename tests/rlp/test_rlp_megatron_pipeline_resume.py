@@ -48,13 +48,18 @@ def _probe_class():
     from megatron.bridge.training.callbacks import Callback
 
     class Probe(Callback):
-        """Registered after the RLP callback: sees what it restored at train start and what each step generated."""
+        """Registered after the RLP callback: sees what it restored at train start, what each step generated, and reads
+        the EMA checkpoints back at train end (``pretrain()`` tears the model-parallel state down before it returns)."""
 
-        def __init__(self, run):
+        def __init__(self, run, load_dir: str | None, out_dir: str):
             self.run = run
+            self.load_dir = load_dir
+            self.out_dir = out_dir
             self.model = None
             self.start = None
             self.steps = []
+            self.restored = None
+            self.final = None
 
         def on_train_start(self, context):
             self.model = context.model
@@ -77,6 +82,25 @@ def _probe_class():
                     "prefills": self.run.counters.prefills,
                 }
             )
+
+        def on_train_end(self, context):
+            from nemo_smartpt.rlp.megatron.callbacks import ema_params
+            from nemo_smartpt.rlp.megatron.ema_checkpoint import ema_checkpoint_dir, load_ema_checkpoint
+
+            params = ema_params(self.model)
+            if self.load_dir is not None:  # the shadows at train start vs this stage's shards of iteration 2's EMA
+                saved, common = load_ema_checkpoint(self.model, params, ema_checkpoint_dir(self.load_dir, SAVE_AT))
+                shadow = self.start["shadow"]
+                self.restored = {
+                    "same_shadow": shadow is not None
+                    and all(torch.equal(a, b.cpu()) for a, b in zip(shadow, saved, strict=True)),
+                    "saved_updates": common["ema_num_updates"],
+                    "saved_totals": {k: common[k] for k in ("steps", "generated_tokens", "flops")},
+                }
+            final, common = load_ema_checkpoint(
+                self.model, params, ema_checkpoint_dir(str(Path(self.out_dir) / "checkpoints"), ITERS)
+            )
+            self.final = ([t.cpu() for t in final], common["ema_num_updates"])
 
     return Probe
 
@@ -102,36 +126,19 @@ def _train(rank, world_size, data_dir: str, out_dir: str, load_dir: str | None):
         cfg.checkpoint.load = load_dir
         cfg.checkpoint.ckpt_step = SAVE_AT
     run = callbacks[0].run
-    probe = _probe_class()(run)
+    probe = _probe_class()(run, load_dir, out_dir)
     pretrain(cfg, forward_step, callbacks=[*callbacks, probe])
 
-    from nemo_smartpt.rlp.megatron.callbacks import ema_params
-    from nemo_smartpt.rlp.megatron.ema_checkpoint import ema_checkpoint_dir, load_ema_checkpoint
-
-    params = ema_params(probe.model)
-    restored = None
-    if load_dir is not None:  # compare the shadows at train start with this stage's shards of iteration 2's EMA
-        saved, common = load_ema_checkpoint(probe.model, params, ema_checkpoint_dir(load_dir, SAVE_AT))
-        shadow = probe.start["shadow"]
-        restored = {
-            "same_shadow": shadow is not None
-            and all(torch.equal(a, b.cpu()) for a, b in zip(shadow, saved, strict=True)),
-            "saved_updates": common["ema_num_updates"],
-            "saved_totals": {k: common[k] for k in ("steps", "generated_tokens", "flops")},
-        }
-    final, final_common = load_ema_checkpoint(
-        probe.model, params, ema_checkpoint_dir(str(Path(out_dir) / "checkpoints"), ITERS)
-    )
-    start = {k: v for k, v in probe.start.items() if k != "shadow"}
+    start = {k: v for k, v in probe.start.items() if k != "shadow"} | {"had_shadow": probe.start["shadow"] is not None}
     return {
         "is_last": rank == world_size - 1,
         "totals": dict(run.totals),
         "ema_updates": run.ema.num_updates,
         "start": start,
         "steps": probe.steps,
-        "restored": restored,
-        "final_ema": [t.cpu() for t in final],
-        "final_updates": final_common["ema_num_updates"],
+        "restored": probe.restored,
+        "final_ema": probe.final[0],
+        "final_updates": probe.final[1],
     }
 
 
@@ -149,7 +156,7 @@ def test_rlp_pp2_resumes_from_bridge_checkpoint_and_continues_the_stream(tmp_pat
     assert [r["is_last"] for r in full_ranks] == [False, True]
     for r in full_ranks:
         # A fresh run: no EMA before the first RLP step (φ = θ is set there).
-        assert r["start"]["step"] == 0 and r["start"]["ema_updates"] == 0 and r["start"]["shadow"] is None
+        assert r["start"]["step"] == 0 and r["start"]["ema_updates"] == 0 and not r["start"]["had_shadow"]
         assert r["totals"]["steps"] == ITERS and r["ema_updates"] == ITERS
         assert [s["step"] for s in r["steps"]] == list(range(1, ITERS + 1))
         assert all(s["generated_tokens"] > 0 and s["prefills"] == s["positions"] > 0 for s in r["steps"])
@@ -178,6 +185,7 @@ def test_rlp_pp2_resumes_from_bridge_checkpoint_and_continues_the_stream(tmp_pat
         assert restored["saved_updates"] == SAVE_AT and restored["saved_totals"]["steps"] == SAVE_AT
         # The EMA and counters continue from the saved ones (a fresh EMA would restart at 0 and end at 2).
         assert r["start"]["ema_updates"] == SAVE_AT and r["start"]["totals"] == restored["saved_totals"]
+        assert r["start"]["had_shadow"]
         assert r["ema_updates"] == ITERS and r["totals"]["steps"] == ITERS
         # Totals continue too: the generated tokens of iterations 1..4, as in the uninterrupted run.
         assert r["totals"]["generated_tokens"] == full_ranks[rank]["totals"]["generated_tokens"]

@@ -115,8 +115,8 @@ def test_demo_runs_the_whole_story_and_writes_the_report(tmp_path, bundled):
             "rlp_flops_generation",
             "rlp_flops_training",
             "rlp_flops_baseline",
-            "rlp_generation_tokens/s",
-            "rlp_training_tokens/s",
+            "rlp_generation_tokens_per_s",
+            "rlp_training_tokens_per_s",
             "rlp_positive_gain_fraction",
         ):
             assert key in r and r[key] == r[key], key  # present and not NaN

@@ -96,15 +96,18 @@ def ema_sharded_state_dict(model, shadows: list[torch.Tensor], params: list[torc
     return out
 
 
+def _rank() -> int:
+    return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+
+
 def save_ema_checkpoint(model, shadows, params, directory: Path, common: dict) -> None:
     """Write the shadows (sharded) and ``common`` (the RLP counters) as a distributed checkpoint; collective."""
     from megatron.core import dist_checkpointing
     from megatron.core.dist_checkpointing.mapping import ShardedObject
 
     sharded = ema_sharded_state_dict(model, shadows, params)
-    rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
-    sharded["rlp_state"] = ShardedObject("rlp_ema.rlp_state", dict(common), (1,), (0,), replica_id=rank)
-    if rank == 0:
+    sharded["rlp_state"] = ShardedObject("rlp_ema.rlp_state", dict(common), (1,), (0,), replica_id=_rank())
+    if _rank() == 0:
         directory.mkdir(parents=True, exist_ok=True)
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
@@ -119,7 +122,9 @@ def load_ema_checkpoint(model, params, directory: Path) -> tuple[list[torch.Tens
     targets = [torch.empty(p.shape, dtype=torch.float32, device=p.device) for p in params]
     sharded = ema_sharded_state_dict(model, targets, params)
     key_of = {id(leaf.data): key for key, leaf in sharded.items()}
-    sharded["rlp_state"] = ShardedObject("rlp_ema.rlp_state", None, (1,), (0,), replica_id=0)
+    # Every rank reads the one common object; only rank 0 may call itself its main replica (megatron validates the
+    # access pattern of a load like that of a save, and two main replicas of one object are an error).
+    sharded["rlp_state"] = ShardedObject("rlp_ema.rlp_state", None, (1,), (0,), replica_id=_rank())
     loaded = dist_checkpointing.load(sharded, str(directory))
     shadows = []
     for i, (p, t) in enumerate(zip(params, targets)):
