@@ -38,6 +38,19 @@ def init_model_parallel(tp: int = 1, pp: int = 1, seed: int = 1234) -> None:
     tensor_parallel.model_parallel_cuda_manual_seed(seed)
 
 
+def init_single_process(seed: int = 1234, backend: str = "gloo") -> None:
+    """A world of one (gloo by default) on a free port, and megatron's model-parallel state (TP = PP = 1) seeded with ``seed``:
+    what a benchmark or a one-process check needs before building a model."""
+    import os
+
+    from nemo_smartpt.testing.distributed import free_port
+
+    # Always a fresh port: one inherited from the caller's environment may be held by the caller's own group.
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
+    torch.distributed.init_process_group(backend, rank=0, world_size=1)
+    init_model_parallel(1, 1, seed=seed)
+
+
 def transformer_config(spec: TinyGPTSpec, tp: int = 1, pp: int = 1, **overrides):
     from megatron.core.transformer import TransformerConfig
 
