@@ -65,7 +65,6 @@ def _init(seed: int):
 
 def _gpt(sizes, dtype):
     """A Llama-family decoder: RoPE, GQA, SwiGLU, RMSNorm, untied output layer (TE spec when TE imports)."""
-    import torch.nn.functional as F
     from megatron.core.models.gpt import GPTModel
 
     from nemo_smartpt.testing.megatron import TinyGPTSpec, transformer_config
@@ -77,6 +76,8 @@ def _gpt(sizes, dtype):
         vocab_size=sizes["vocab"],
         seq_length=sizes["max_len"],
         ffn_hidden_size=sizes["ffn"],
+        family="llama",
+        num_query_groups=sizes["kv_heads"],
     )
     on_gpu = torch.cuda.is_available()
     config = transformer_config(
@@ -85,16 +86,10 @@ def _gpt(sizes, dtype):
         pipeline_dtype=dtype,
         bf16=dtype == torch.bfloat16,
         use_cpu_initialization=not on_gpu,
-        num_query_groups=sizes["kv_heads"],
-        normalization="RMSNorm",
-        gated_linear_unit=True,
-        activation_func=F.silu,
-        add_bias_linear=False,
     )
-    layer_spec = _layer_spec()
     model = GPTModel(
         config=config,
-        transformer_layer_spec=layer_spec,
+        transformer_layer_spec=_layer_spec(),
         vocab_size=spec.vocab_size,
         max_sequence_length=spec.seq_length,
         position_embedding_type="rope",

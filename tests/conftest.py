@@ -84,6 +84,15 @@ def tiny_gpt(single_process_group):
     return build_tiny_gpt(TinyGPTSpec(vocab_size=TINY_VOCAB))
 
 
+@pytest.fixture
+def tiny_llama(single_process_group):
+    """The tiny GPT in the Llama 3 / Qwen 3 shape: RoPE, grouped-query attention (2 KV heads for 4 query heads),
+    SwiGLU, RMSNorm, no linear biases, untied output layer; local layer spec, fp32 on CPU."""
+    from nemo_smartpt.testing.megatron import TinyGPTSpec, build_tiny_gpt
+
+    return build_tiny_gpt(TinyGPTSpec(vocab_size=TINY_VOCAB, family="llama"))
+
+
 @pytest.fixture(scope="session")
 def bundled_data(tmp_path_factory):
     """The bundled corpus, prepared into indexed datasets once per test session (``data.bundled_dir=`` of a run)."""
