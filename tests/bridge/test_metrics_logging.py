@@ -3,9 +3,10 @@
 - TensorBoard (the run's ``tb/`` event files through tensorboard's ``EventAccumulator``): every metric of ours under
   one tag without spaces or parentheses; the RLP metrics are not repeated by Bridge (``rlp reward mean``, its
   "vs samples" twin) nor by the metrics callback (``smartpt/rlp_...``); Bridge keeps its own ``lm loss``.
-- W&B / MLflow / Comet: the same ``log_scalars`` call that fed TensorBoard hands each metric once to the writer
-  objects Bridge creates from ``config.logger`` (neither package is installed here, so recorders with their call
-  signatures stand in for them).
+- W&B: the run also logs to Weights & Biases offline (``logger.wandb_project``, ``WANDB_MODE=offline``, the wandb
+  version Bridge declares); the run file read back holds every metric of ours at its step, once, with the value
+  ``metrics.jsonl`` has. MLflow / Comet get the same ``log_scalars`` call (not installed here: recorders with their
+  call signatures stand in for them).
 - The console: the progress line shows the RLP reward on RLP steps and a smoothed rate; Bridge's FP8 "Traceback"
   INFO is gone and its CPU "GPU utilization" line is explained.
 - Resume: a run restarted from an earlier checkpoint records each step once in ``metrics.jsonl`` and
@@ -15,6 +16,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -37,6 +39,8 @@ RUN_ARGS = [
     "validation.eval_interval=1",
     "validation.eval_iters=1",
     "eval.enabled=false",
+    "logger.wandb_project=smartpt-tests",
+    "logger.wandb_exp_name=hopper",
 ]
 
 
@@ -46,7 +50,7 @@ def _train(out: Path, bundled: str) -> subprocess.CompletedProcess:
         capture_output=True,
         text=True,
         timeout=1800,
-        env={**__import__("os").environ, "PYTHONPATH": str(ROOT)},
+        env={**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline", "WANDB_SILENT": "true"},
     )
 
 
@@ -111,6 +115,52 @@ def test_each_record_has_the_learning_rate_its_step_ran_with(hopper_run):
     assert rlp_record["lr"] == rlp_record["rlp_lr"] == pytest.approx(1e-6)
     # cpu_tiny's next-token schedule: one warm-up step from 0, then 3e-3 (what the optimizer ran with, step by step).
     assert [r["lr"] for r in records[:2]] == [0.0, pytest.approx(3e-3)]
+
+
+def _wandb_history(out: Path) -> dict[int, dict[str, list[float]]]:
+    """step -> metric -> every value logged at that step, from the offline W&B run file(s) under the run directory."""
+    from wandb.proto import wandb_internal_pb2
+    from wandb.sdk.internal import datastore
+
+    history: dict[int, dict[str, list[float]]] = {}
+    files = sorted(out.rglob("run-*.wandb"))
+    assert len(files) == 1, files
+    store = datastore.DataStore()
+    store.open_for_scan(str(files[0]))
+    while (data := store.scan_data()) is not None:
+        record = wandb_internal_pb2.Record()
+        record.ParseFromString(data)
+        if record.WhichOneof("record_type") != "history":
+            continue
+        items = {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item}
+        row = history.setdefault(int(items.pop("_step")), {})
+        for key, value in items.items():
+            row.setdefault(key, []).append(value)
+    return history
+
+
+@pytest.mark.slow
+def test_wandb_gets_every_metric_once_at_its_step(hopper_run):
+    history = _wandb_history(hopper_run.out)
+    records = _jsonl(hopper_run.out / "metrics.jsonl")
+    assert sorted(history) == [r["step"] for r in records] == [1, 2, 3]
+    checked = 0
+    for record in records:
+        row = history[record["step"]]
+        for key, value in record.items():
+            if key.startswith(("loss/", "tokens/")):
+                tag = key
+            elif key.startswith("rlp_"):
+                tag = "rlp/" + key[4:]
+            elif key in ("samples_per_second", "tokens_per_second", "step_seconds"):
+                tag = "smartpt/" + key
+            else:
+                continue
+            assert row.get(tag) == [pytest.approx(value, rel=1e-6)], (record["step"], tag, row.get(tag), value)
+            checked += 1
+        # Bridge's own next-token loss is there too, under its own name; our RLP keys never in spaced form.
+        assert not [k for k in row if k.startswith("rlp ") or k.startswith("smartpt/rlp")], sorted(row)
+    assert checked > 20 and history[3]["rlp/reward_mean"] and "loss/phase/phase1" in history[1]
 
 
 @pytest.mark.slow
