@@ -1,7 +1,7 @@
 """Run a function on N gloo processes, the way distributed code is tested on CPU.
 
-``run_distributed(fn, world_size, *args)`` starts ``world_size`` fresh (spawned) processes, initialises a gloo
-process group in each (the ranks meet through a file in a private temporary directory), applies the CPU runtime, calls ``fn(rank, world_size, *args)`` and returns
+``run_distributed(fn, world_size, *args)`` starts ``world_size`` fresh (spawned) processes on a free local port,
+initialises a gloo process group in each, applies the CPU runtime, calls ``fn(rank, world_size, *args)`` and returns
 the list of per-rank return values. A failure on any rank is raised in the caller with that rank's traceback. Process
 groups (and megatron's model-parallel state) are destroyed in ``finally`` on every rank.
 
@@ -14,10 +14,6 @@ with ``map_location="cpu"`` once the process has finished. A queue would pickle 
 sharing, which needs the sending process alive until the parent has received the descriptor; a rank that returns and
 exits first made the parent fail with ``ConnectionResetError`` in ``multiprocessing.resource_sharer`` under load.
 A file holds the bytes themselves, so nothing depends on which process exits first.
-
-The ranks meet through a ``file://`` rendezvous (a gloo ``FileStore``) in the same private directory, not a TCP port:
-a port picked free by the parent and bound later by rank 0 could be taken in between by any other process on a loaded
-machine (gloo's own connections bind ephemeral ports all the time), failing rank 0 with ``EADDRINUSE``.
 """
 
 from __future__ import annotations
@@ -42,7 +38,6 @@ class DistributedTestError(RuntimeError):
 
 
 def free_port() -> int:
-    """A port free now, for a single-process world that binds it at once (``run_distributed`` uses none)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -88,9 +83,11 @@ def _write_result(result_dir: str, rank: int, status: str, value: Any) -> None:
     os.replace(partial, final)
 
 
-def _worker(ref, rank: int, world_size: int, sys_path: list[str], result_dir: str, args, kwargs) -> None:
+def _worker(ref, rank: int, world_size: int, port: int, sys_path: list[str], result_dir: str, args, kwargs) -> None:
     sys.path[:] = sys_path
     os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
         RANK=str(rank),
         LOCAL_RANK=str(rank),
         WORLD_SIZE=str(world_size),
@@ -102,8 +99,7 @@ def _worker(ref, rank: int, world_size: int, sys_path: list[str], result_dir: st
 
     apply_cpu_runtime()
     try:
-        rendezvous = "file://" + os.path.join(result_dir, "rendezvous")
-        torch.distributed.init_process_group("gloo", init_method=rendezvous, rank=rank, world_size=world_size)
+        torch.distributed.init_process_group("gloo", rank=rank, world_size=world_size)
         fn = _resolve(ref)
         outcome = ("ok", fn(rank, world_size, *args, **kwargs))
     except BaseException:
@@ -138,10 +134,11 @@ def run_distributed(fn: Callable, world_size: int, *args: Any, timeout: float = 
     """
     ctx = mp.get_context("spawn")
     result_dir = tempfile.mkdtemp(prefix="run_distributed-")
+    port = free_port()
     procs = [
         ctx.Process(
             target=_worker,
-            args=(_function_ref(fn), rank, world_size, list(sys.path), result_dir, args, kwargs),
+            args=(_function_ref(fn), rank, world_size, port, list(sys.path), result_dir, args, kwargs),
             daemon=False,
         )
         for rank in range(world_size)

@@ -1,20 +1,17 @@
 """The gloo test harness itself: results with tensors come back whole, failures and deaths are named per rank.
 
 Ranks return their results through files (``torch.save`` then rename), so a rank that returns tensors and exits at
-once cannot break the parent's read (torch's fd sharing through a queue did, under load). They meet through a file,
-not a port another process could take first.
+once cannot break the parent's read (torch's fd sharing through a queue did, under load).
 """
 
 from __future__ import annotations
 
 import os
-import socket
 
 import numpy as np
 import pytest
 import torch
 
-from nemo_smartpt.testing import distributed
 from nemo_smartpt.testing.distributed import DistributedTestError, run_distributed
 
 pytestmark = [pytest.mark.distributed]
@@ -57,17 +54,3 @@ def test_a_failing_rank_is_reported_with_its_traceback():
 def test_a_rank_that_dies_is_named_with_its_exit_code():
     with pytest.raises(DistributedTestError, match="rank 1 ---\nprocess died with exit code 3"):
         run_distributed(_die_on_rank_one, 2, timeout=300)
-
-
-def test_ranks_meet_even_when_the_port_picked_for_them_is_taken(monkeypatch):
-    # The race on a loaded machine made deterministic: the port free_port() found free is bound by another process
-    # before rank 0 can bind it. A TCP rendezvous on it fails with EADDRINUSE; the file rendezvous never uses it.
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as other:
-        other.bind(("127.0.0.1", 0))
-        other.listen()
-        taken = other.getsockname()[1]
-        monkeypatch.setattr(distributed, "free_port", lambda: taken)
-        monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
-        monkeypatch.setenv("MASTER_PORT", str(taken))
-        results = run_distributed(_tensors, 2, 10, timeout=300)
-    assert [r["sum"].tolist() for r in results] == [[3.0] * 10] * 2
