@@ -90,10 +90,19 @@ def run(cfg: PlanConfig) -> dict[str, str]:
             f"out={cfg.out} is a file; out must be a directory (plan.json, plan.txt, plan.png go in it)"
         )
     catalog = load_catalog(cfg.catalog, split=cfg.split)
-    kwargs = dict(phase_boundaries=list(cfg.phase_boundaries), policies=list(cfg.phases), seed=cfg.seed)
-    plan = plan_blend(
-        catalog, cfg.budget_tokens, seq_length=cfg.seq_length, global_batch_size=cfg.global_batch_size, **kwargs
+    # the main plan and every sweep plan are made against the same caps (read_caps: train split, rounding reserve)
+    kwargs = dict(
+        phase_boundaries=list(cfg.phase_boundaries),
+        policies=list(cfg.phases),
+        seed=cfg.seed,
+        seq_length=cfg.seq_length,
+        global_batch_size=cfg.global_batch_size,
     )
+    plan = plan_blend(catalog, cfg.budget_tokens, **kwargs)
+    # every sweep plan is made before anything is written: a repeat count that cannot be planned leaves no output
+    swept_plans = []
+    if cfg.sweep.category:
+        swept_plans = epoch_sweep(catalog, cfg.budget_tokens, cfg.sweep.category, list(cfg.sweep.epochs), **kwargs)
     try:
         paths = write_plan_outputs(plan, cfg.out)
     except OSError as exc:
@@ -103,8 +112,7 @@ def run(cfg: PlanConfig) -> dict[str, str]:
         print(f"wrote {paths['json']}, {paths['txt']}, {paths['png']}")
     if cfg.sweep.category:
         index = {}
-        for k, swept in epoch_sweep(catalog, cfg.budget_tokens, cfg.sweep.category, list(cfg.sweep.epochs), **kwargs):
-            swept.split = plan.split
+        for k, swept in swept_plans:
             sub = os.path.join(cfg.out, f"{cfg.sweep.category}_x{k:g}")
             index[f"{k:g}"] = write_plan_outputs(swept, sub)["json"]
         with open(os.path.join(cfg.out, "sweep.json"), "w", encoding="utf-8") as f:

@@ -36,22 +36,8 @@ from typing import Any
 import numpy as np
 
 from nemo_smartpt.blend.catalog import Catalog, CatalogError, UnknownTierError
-
-
-class PlanError(ValueError):
-    """A plan request that cannot be satisfied or does not make sense."""
-
-
-class InfeasiblePlanError(PlanError):
-    """No blend meets the budget without drawing some source past ``max_epochs``."""
-
-
-class BudgetError(PlanError):
-    """A budget or phase boundary that is not usable (budget <= 0, boundaries out of order, empty phase)."""
-
-
-class ShareError(PlanError):
-    """Pinned shares that do not fit in a phase (they must leave room for the other sources)."""
+from nemo_smartpt.blend.plan_errors import BudgetError, InfeasiblePlanError, PlanError, ShareError
+from nemo_smartpt.blend.solver import check_hall, fmt_tokens, water_fill
 
 
 @dataclass
@@ -193,87 +179,21 @@ def source_rates(catalog: Catalog, policies: list[PhasePolicy]) -> np.ndarray:
     return rates
 
 
-def _fmt(n: float) -> str:
-    return f"{n:.4g}"
+def read_caps(catalog: Catalog, num_phases: int, seq_length: int = 0, global_batch_size: int = 0) -> np.ndarray:
+    """Tokens each source may be planned so that what the dataset reads stays within ``max_epochs``.
 
-
-def _check_hall(names: list[str], phase_names: list[str], rates: np.ndarray, caps: np.ndarray, demand: np.ndarray):
-    """Raise :class:`InfeasiblePlanError` unless every set of phases can be filled by the sources eligible in it."""
-    num_phases = len(phase_names)
-    for size in range(1, num_phases + 1):
-        for subset in itertools.combinations(range(num_phases), size):
-            need = float(demand[list(subset)].sum())
-            eligible = np.flatnonzero((rates[:, list(subset)] > 0).any(axis=1))
-            supply = float(caps[eligible].sum())
-            if need > supply * (1 + 1e-12):
-                detail = ", ".join(f"{names[i]}: {_fmt(caps[i])}" for i in eligible) or "no eligible sources"
-                raise InfeasiblePlanError(
-                    f"infeasible: phase(s) {', '.join(phase_names[j] for j in subset)} need {_fmt(need)} tokens "
-                    f"but their sources can supply at most {_fmt(supply)} (available tokens x max_epochs: {detail}); "
-                    "lower budget_tokens, raise max_epochs, add data or relax the phase policy"
-                )
-
-
-def water_fill(
-    rates: np.ndarray, tokens: np.ndarray, caps: np.ndarray, demand: np.ndarray, max_iter: int = 200
-) -> np.ndarray:
-    """Solve ``T = lambda[p] * alpha[s] * rates * tokens`` with phase sums = ``demand`` and row sums <= ``caps``.
-
-    ``alpha[s] = min(1, caps[s] / sum_p lambda[p] rates[s, p] tokens[s])`` is closed form given ``lambda``, so only the
-    per-phase ``log lambda`` (a handful of numbers) is searched: Newton ascent on the concave dual of the entropy program,
-    with a backtracking line search. Row sums never exceed the caps; the phase sums match ``demand`` to ~1e-12.
-    Catalogs whose caps exactly cover a phase have their optimum at infinity; Newton still reaches the tolerance.
-
-    Returns:
-        The token matrix ``T`` (sources x phases).
+    That is ``max_epochs * tokens`` less a reserve for the dataset's roundings (see :func:`plan_blend`):
+    ``seq_length * (prefixes * ceil(max_epochs) + num_phases * (global_batch_size + 2))`` tokens, none when
+    ``seq_length`` is 0. Every plan (the main one and each sweep plan) is made against these caps.
     """
-    with np.errstate(divide="ignore"):
-        log_b = np.log(rates * tokens[:, None])
-        log_caps = np.log(caps)
-
-    def evaluate(nu: np.ndarray):
-        log_t = log_b + nu[None, :]
-        top = log_t.max(axis=1)
-        finite = np.isfinite(top)
-        log_x = np.full(len(caps), -np.inf)
-        log_x[finite] = top[finite] + np.log(np.exp(log_t[finite] - top[finite, None]).sum(axis=1))
-        capped = log_x > log_caps
-        t = np.exp(log_t - np.where(capped, log_x - log_caps, 0.0)[:, None])
-        h = np.where(capped, caps * (1.0 + log_x - log_caps), np.exp(log_x))
-        return float(nu @ demand - h.sum()), t, capped
-
-    nu = np.log(demand) - np.log(np.exp(log_b).sum(axis=0))  # the uncapped solution
-    value, t, capped = evaluate(nu)
-    for _ in range(max_iter):
-        supply = t.sum(axis=0)
-        grad = demand - supply
-        if np.all(np.abs(grad) <= 1e-12 * demand):
-            return t
-        # Negative Hessian of the dual: diag(S) minus the coupling that capped sources add across phases.
-        hess = np.diag(supply) - (t[capped].T / caps[capped]) @ t[capped]
-        hess += np.eye(len(demand)) * (1e-12 * supply.max() + 1e-300)
-        step = np.linalg.lstsq(hess, grad, rcond=None)[0]
-        slope = float(grad @ step)
-        if not slope > 0:  # numerically flat: fall back to the gradient direction scaled per phase
-            step, slope = grad / np.maximum(supply, 1e-300), float(grad @ (grad / np.maximum(supply, 1e-300)))
-        scale = 1.0
-        for _ in range(80):
-            trial_value, trial_t, trial_capped = evaluate(nu + scale * step)
-            trial_residual = np.abs(demand - trial_t.sum(axis=0)).max()
-            # Armijo on the dual value; near the optimum the value is flat to rounding, then a smaller residual counts
-            flat = abs(trial_value - value) <= 1e-12 * max(abs(value), 1.0)
-            if trial_value >= value + 1e-4 * scale * slope or (flat and trial_residual < np.abs(grad).max()):
-                break
-            scale *= 0.5
-        else:
-            break  # no ascent possible at machine precision
-        nu, value, t, capped = nu + scale * step, trial_value, trial_t, trial_capped
-    if np.all(np.abs(demand - t.sum(axis=0)) <= 1e-9 * demand):
-        return t
-    raise InfeasiblePlanError(
-        "the blend did not converge: the catalog is at the edge of feasibility (the caps barely cover the "
-        "budget); lower budget_tokens or raise max_epochs"
-    )
+    caps = np.array([s.cap_tokens for s in catalog.sources], dtype=float)
+    if seq_length <= 0:
+        return caps
+    reserve = [
+        seq_length * (max(len(s.prefixes), 1) * math.ceil(s.max_epochs) + num_phases * (global_batch_size + 2))
+        for s in catalog.sources
+    ]
+    return np.maximum(caps - np.array(reserve, dtype=float), 0.0)
 
 
 def plan_blend(
@@ -323,13 +243,7 @@ def plan_blend(
     rates = source_rates(catalog, policies)
     names = [s.name for s in catalog.sources]
     avail = np.array([float(s.tokens) for s in catalog.sources])
-    caps = np.array([s.cap_tokens for s in catalog.sources], dtype=float)
-    if seq_length > 0:
-        reserve = [
-            seq_length * (max(len(s.prefixes), 1) * math.ceil(s.max_epochs) + len(policies) * (global_batch_size + 2))
-            for s in catalog.sources
-        ]
-        caps = np.maximum(caps - np.array(reserve, dtype=float), 0.0)
+    caps = read_caps(catalog, len(policies), seq_length, global_batch_size)
 
     pinned = np.array([s.target_share is not None for s in catalog.sources])
     planned = np.zeros_like(rates)
@@ -340,8 +254,9 @@ def plan_blend(
         planned[i] = np.where(rates[i] > 0, src.target_share * phase_tokens, 0.0)
         if planned[i].sum() > caps[i] * (1 + 1e-12):
             raise InfeasiblePlanError(
-                f"infeasible: pinned source {src.name!r} needs {_fmt(planned[i].sum())} tokens for target_share "
-                f"{src.target_share} but has {src.tokens} tokens x max_epochs {src.max_epochs} = {_fmt(caps[i])}"
+                f"infeasible: pinned source {src.name!r} needs {fmt_tokens(planned[i].sum())} tokens for target_share "
+                f"{src.target_share} but has {src.tokens} tokens x max_epochs {src.max_epochs} = "
+                f"{fmt_tokens(src.cap_tokens)}{_reserve_note(src.cap_tokens - caps[i], seq_length)}"
             )
     for j, pol in enumerate(policies):
         share = sum(catalog.sources[i].target_share for i in np.flatnonzero(pinned & (rates[:, j] > 0)))
@@ -352,11 +267,13 @@ def plan_blend(
     free = ~pinned
     demand = phase_tokens - planned.sum(axis=0)
     free_rates = np.where(free[:, None], rates, 0.0)
-    _check_hall(names, phase_names, free_rates, np.where(free, caps, 0.0), demand)
+    check_hall(names, phase_names, free_rates, np.where(free, caps, 0.0), demand)
     planned[free] = water_fill(free_rates[free], avail[free], caps[free], demand)
-    plan = assemble_plan(catalog, budget, bounds, phase_names, planned, seed)
-    plan.split, plan.seq_length, plan.global_batch_size = catalog.split, int(seq_length), int(global_batch_size)
-    return plan
+    return assemble_plan(catalog, budget, bounds, phase_names, planned, seed, seq_length, global_batch_size)
+
+
+def _reserve_note(reserve: float, seq_length: int) -> str:
+    return f" ({fmt_tokens(reserve)} of them kept for sample rounding at seq_length {seq_length})" if reserve else ""
 
 
 def assemble_plan(
@@ -366,8 +283,14 @@ def assemble_plan(
     phase_names: list[str],
     planned: np.ndarray,
     seed: int,
+    seq_length: int = 0,
+    global_batch_size: int = 0,
 ) -> Plan:
-    """Turn a token matrix (sources x phases) into a :class:`Plan` with its two baselines."""
+    """Turn a token matrix (sources x phases) into a :class:`Plan` with its two baselines.
+
+    ``seq_length`` and ``global_batch_size`` are those the matrix's caps were lowered for (:func:`read_caps`); the
+    plan records them with the catalog's split, so the dataset can check it is served as planned.
+    """
     phase_tokens = np.array([float(e - s) for s, e in bounds])
     weights = planned / planned.sum(axis=0, keepdims=True)
     phases = [
@@ -398,7 +321,16 @@ def assemble_plan(
         "natural": {s.name: float(avail[i] / avail.sum()) for i, s in enumerate(catalog.sources)},
         "random_order": {s.name: float(totals[i] / totals.sum()) for i, s in enumerate(catalog.sources)},
     }
-    return Plan(budget_tokens=budget, seed=seed, sources=sources, phases=phases, baselines=baselines)
+    return Plan(
+        budget_tokens=budget,
+        seed=seed,
+        sources=sources,
+        phases=phases,
+        baselines=baselines,
+        split=catalog.split,
+        seq_length=int(seq_length),
+        global_batch_size=int(global_batch_size),
+    )
 
 
 def plan_matrix(plan: Plan) -> np.ndarray:

@@ -22,6 +22,8 @@ from megatron.core.tokenizers.text.libraries.null_tokenizer import NullTokenizer
 from nemo_smartpt.blend.phased_build import phased_dataset_from_plan
 from nemo_smartpt.blend.phased_dataset import PhasedDatasetConfig
 from nemo_smartpt.blend.phased_spec import PhasedDatasetError
+from nemo_smartpt.blend.plan_io import load_plan
+from nemo_smartpt.blend.planner import plan_matrix
 from nemo_smartpt.cli import main
 
 SEQ, GBS, SPLIT = 16, 4, "98,1,1"
@@ -63,12 +65,13 @@ def planned(tmp_path_factory):
     return root, plan, train
 
 
-def test_a_whole_multi_epoch_stream_reads_no_source_past_its_cap(planned):
-    root, plan, train = planned
+def read_whole_stream(plan: dict, train: dict, cache: str) -> dict[str, float]:
+    """Iterate the plan's whole train stream; check every source against its cap; return epochs read per source."""
     assert plan["split"] == SPLIT and {s["name"]: s["tokens"] for s in plan["sources"]} == {
         n: t for n, (_, _, t) in train.items()
     }
-    cfg = PhasedDatasetConfig(SEQ, GBS, seed=3, split=SPLIT, path_to_cache=str(root / "cache"))
+    caps = {s["name"]: s["max_epochs"] for s in plan["sources"]}
+    cfg = PhasedDatasetConfig(SEQ, GBS, seed=3, split=SPLIT, path_to_cache=cache)
     ds = phased_dataset_from_plan(plan, cfg, TOKENIZER)
     read = {name: 0 for name in SOURCES}
     per_token: dict[int, int] = {}
@@ -80,15 +83,42 @@ def test_a_whole_multi_epoch_stream_reads_no_source_past_its_cap(planned):
         for t in tokens.tolist():
             per_token[t] = per_token.get(t, 0) + 1
     for name, (s, train_docs, train_tokens) in train.items():
-        cap = SOURCES[name][3]
+        cap = caps[name]
         epochs = read[name] / train_tokens
         assert read[name] <= cap * train_tokens, (name, epochs, cap)
         ids = np.array([t for t in per_token if t // 1_000_000 == s])
         assert (ids % 1_000_000 // 1000).max() < train_docs, f"{name}: a held-out document was read"
         assert max(per_token[t] for t in ids.tolist()) <= math.ceil(cap), name
+    return {name: read[name] / train[name][2] for name in train}
+
+
+def test_a_whole_multi_epoch_stream_reads_no_source_past_its_cap(planned):
+    root, plan, train = planned
+    epochs = read_whole_stream(plan, train, str(root / "cache"))
     # the caps bind: the plan takes crawl_high and math close to their caps, crawl_low to all its tokens
-    assert read["crawl_high"] / train["crawl_high"][2] > 0.85 * SOURCES["crawl_high"][3]
-    assert read["math"] / train["math"][2] > 0.85 * SOURCES["math"][3]
+    assert epochs["crawl_high"] > 0.85 * SOURCES["crawl_high"][3]
+    assert epochs["math"] > 0.85 * SOURCES["math"][3]
+
+
+def test_every_sweep_plan_reads_no_source_past_its_cap(planned):
+    # the epoch-estimation sweep as a user runs it; each of its plans is trained on like the main one
+    root, main_plan, train = planned
+    out, budget = root / "sweep", int(0.5 * main_plan["budget_tokens"])  # room in the crawl for math's 1 to 3 epochs
+    args = [f"catalog={root / 'catalog.yaml'}", f"budget_tokens={budget}", f"out={out}", "quiet=true"]
+    sweep = [f"seq_length={SEQ}", f"global_batch_size={GBS}", f"split={SPLIT}", "sweep.category=math"]
+    assert main(["plan", *args, *sweep, "sweep.epochs=[1,2,3]"]) == 0
+    index = json.loads((out / "sweep.json").read_text())["plans"]
+    assert list(index) == ["1", "2", "3"]
+    for k, path in index.items():
+        plan = json.loads(open(path).read())
+        assert (plan["seq_length"], plan["global_batch_size"]) == (SEQ, GBS)
+        assert plan_matrix(load_plan(path)).sum() == pytest.approx(budget)
+        epochs = read_whole_stream(plan, train, str(root / f"cache_sweep{k}"))
+        # the swept source is read k epochs less at most the rounding reserve (plan_blend's formula; one prefix,
+        # two phases) and a global batch of phase-end rounding, never past k epochs
+        tokens = train["math"][2]
+        reserve = SEQ * (math.ceil(int(k)) + 2 * (GBS + 2))
+        assert int(k) * tokens - reserve - SEQ * GBS <= epochs["math"] * tokens <= int(k) * tokens, (k, epochs)
 
 
 def test_a_plan_without_room_for_rounding_is_refused_not_overread(planned):

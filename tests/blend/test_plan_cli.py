@@ -94,7 +94,10 @@ def test_sweep_writes_one_plan_per_count(tmp_path, catalog):
     for k, path in index["plans"].items():
         plan = json.loads(open(path).read())
         math = next(s for s in plan["sources"] if s["name"] == "math")
-        assert math["epochs"] == pytest.approx(float(k))
+        # k epochs less the rounding reserve of the main plan's caps: seq_length x (ceil(k) epochs + 2 phases x 2)
+        reserve = 16 * (int(k) + 2 * 2)
+        assert math["max_epochs"] == float(k) and plan["seq_length"] == 16
+        assert math["epochs"] == pytest.approx(float(k) - reserve / math["tokens"])
         assert (out / f"math_x{k}" / "plan.png").exists()
     assert (out / "plan.json").exists()
 
