@@ -68,9 +68,9 @@ def build_objective(run):
         extra.append(lambda: rlp_run.last_metrics if getattr(rlp_run, "last_fresh", False) else {})
     metrics = MetricsCallback(str(run.out), breakdown, starts, extra, tokens_per_sample=run.seq_length)
     callbacks.append(metrics.build())  # last: it reads what the other callbacks computed for this step
-    tasks = eval_tasks(run)
+    tasks, include_path = eval_tasks(run)
     if run.cfg.eval.enabled and tasks:
-        callbacks.append(eval_callback(tasks, run.tokenizer, str(run.out), run.seq_length))
+        callbacks.append(eval_callback(tasks, include_path, run.tokenizer, str(run.out), run.cfg.eval.batch_size))
     return forward, callbacks
 
 
@@ -121,12 +121,21 @@ class RLPPhaseGate:
         return _Gate()
 
 
-def eval_tasks(run) -> dict[str, str]:
+def eval_tasks(run) -> tuple[list[str], str | None]:
+    """(lm-eval task names, include path) for the end-of-training evaluation: ``eval.tasks``/``eval.include_path``
+    if given, else every task in the ``tasks/`` folder beside the catalog (the world and the bundled corpus write
+    one) except the ``*_dev`` ones, which are for design decisions, not for reports."""
     from pathlib import Path
 
+    from nemo_smartpt.evaluation.harness import local_task_names
+
+    include = run.cfg.eval.include_path
+    if not include:
+        data = run.cfg.data
+        root = Path(data.bundled_dir) if data.catalog == "bundled" else Path(data.catalog).parent
+        include = str(root / "tasks") if (root / "tasks").is_dir() else ""
     if run.cfg.eval.tasks:
-        return {Path(p).stem: p for p in run.cfg.eval.tasks}
-    if run.cfg.data.catalog == "bundled":
-        raw = Path(run.cfg.data.bundled_dir) / "raw"
-        return {name: str(raw / f"eval_{name}.jsonl") for name in ("knowledge", "reasoning")}
-    return {}
+        return list(run.cfg.eval.tasks), include or None
+    if not include:
+        return [], None
+    return sorted(t for t in local_task_names(include) if not t.endswith("_dev")), include
