@@ -49,12 +49,13 @@ def load_run(run_dir: str | Path, tensor_parallel: int = 1):
     checkpoint = latest_checkpoint(run_dir)
     tokenizer = run_tokenizer(run_dir)
     on_gpu = torch.cuda.is_available()
-    if tensor_parallel > 1:
-        _init_tensor_parallel(tensor_parallel)
+    # Bridge's loader would set up a temporary process group and tear megatron's parallel state down after loading;
+    # the forward passes of the evaluation need that state, so it is set up here and kept for the process's life.
+    _init_model_parallel(tensor_parallel)
     model = load_megatron_model(
         str(checkpoint),
         use_cpu_init=not on_gpu,
-        skip_temp_dist_context=tensor_parallel > 1,
+        skip_temp_dist_context=True,
         mp_overrides={"tensor_model_parallel_size": tensor_parallel},
     )
     model = model if isinstance(model, list) else [model]
@@ -63,26 +64,32 @@ def load_run(run_dir: str | Path, tensor_parallel: int = 1):
     return model, tokenizer
 
 
-def _init_tensor_parallel(tensor_parallel: int) -> None:
+def _init_model_parallel(tensor_parallel: int) -> None:
     import os
+    import tempfile
 
     import torch
     from megatron.core import parallel_state
     from megatron.core import tensor_parallel as mcore_tp
 
     if not torch.distributed.is_initialized():
-        if "RANK" not in os.environ:
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if "RANK" in os.environ:  # torchrun
+            if torch.cuda.is_available():
+                torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+            torch.distributed.init_process_group(backend)
+        elif tensor_parallel == 1:  # one process: a file store needs no free port
+            store = tempfile.NamedTemporaryFile(prefix="smartpt-eval-", delete=False).name
+            torch.distributed.init_process_group(backend, init_method=f"file://{store}", rank=0, world_size=1)
+        else:
             raise EvaluationError(
                 f"tensor_parallel={tensor_parallel} needs torchrun --nproc-per-node={tensor_parallel}"
             )
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-        torch.distributed.init_process_group(backend)
     if torch.distributed.get_world_size() != tensor_parallel:
         raise EvaluationError(
             f"tensor_parallel={tensor_parallel} but {torch.distributed.get_world_size()} processes (data-parallel "
             "evaluation is not supported: run one process per tensor-parallel rank)"
         )
-    parallel_state.initialize_model_parallel(tensor_model_parallel_size=tensor_parallel)
-    mcore_tp.model_parallel_cuda_manual_seed(1234)
+    if not parallel_state.model_parallel_is_initialized():
+        parallel_state.initialize_model_parallel(tensor_model_parallel_size=tensor_parallel)
+        mcore_tp.model_parallel_cuda_manual_seed(1234)

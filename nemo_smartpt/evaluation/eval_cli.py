@@ -80,6 +80,7 @@ def _run(cfg: EvalCLIConfig) -> int:
     from nemo_smartpt.evaluation.lm import SmartptLM
 
     started = time.time()
+    latest_checkpoint(cfg.run_dir)  # a missing checkpoint fails here, before megatron is imported
     include_path = cfg.include_path or default_include_path(cfg.run_dir)
     lm = SmartptLM(run_dir=cfg.run_dir, batch_size=cfg.batch_size, tensor_parallel=cfg.tensor_parallel)
     results = evaluate(lm, list(cfg.tasks), include_path or None, limit=cfg.limit, seed=cfg.seed)

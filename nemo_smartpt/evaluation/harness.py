@@ -47,7 +47,7 @@ def evaluate(
         tasks=list(tasks),
         task_manager=manager,
         limit=limit,
-        log_samples=False,
+        log_samples=True,  # kept only as per-item scores (below), for intervals over items and seeds
         random_seed=seed,
         numpy_random_seed=seed,
         torch_random_seed=seed,
@@ -56,7 +56,43 @@ def evaluate(
     )
     if results is None:  # lm-eval returns None on non-zero ranks
         return {}
-    return json.loads(json.dumps(results, default=handle_non_serializable))
+    samples = results.pop("samples", {})
+    results = json.loads(json.dumps(results, default=handle_non_serializable))
+    results["per_item"] = per_item_scores(samples)
+    results["examples"] = generation_examples(samples)
+    return results
+
+
+def generation_examples(samples: dict, count: int = 3) -> dict[str, list[dict]]:
+    """The first ``count`` generations of each generation task (prompt, raw response, filtered answer, target)."""
+    out = {}
+    for task, rows in samples.items():
+        rows = sorted(rows, key=lambda r: int(r["doc_id"]))[:count]
+        if rows and isinstance(rows[0]["resps"][0][0], str):
+            out[task] = [
+                {
+                    "prompt": r["arguments"][0][0],
+                    "response": r["resps"][0][0],
+                    "answer": r["filtered_resps"][0],
+                    "target": r["target"],
+                }
+                for r in rows
+            ]
+    return out
+
+
+def per_item_scores(samples: dict) -> dict[str, dict[str, list[float]]]:
+    """``{task: {metric: [score of doc 0, doc 1, ...]}}`` from lm-eval's logged samples (the documents' own order),
+    so that studies can put intervals over items (and seeds) without keeping every prompt and response."""
+    out: dict[str, dict[str, list[float]]] = {}
+    for task, rows in samples.items():
+        metrics: dict[str, dict[int, float]] = {}
+        for row in rows:
+            for name in row.get("metrics", []):
+                if isinstance(row.get(name), (int, float)):
+                    metrics.setdefault(name, {})[int(row["doc_id"])] = float(row[name])
+        out[task] = {name: [by_doc[i] for i in sorted(by_doc)] for name, by_doc in metrics.items()}
+    return out
 
 
 def summary_line(results: dict) -> str:

@@ -95,3 +95,22 @@ def make_world(spec: WorldSpec) -> World:
         for _ in range(spec.people)
     )
     return World(people, cities, companies, years, tuple(FIELDS))
+
+
+def tiny_spec(seed: int = 0) -> WorldSpec:
+    """A world small enough for tests (seconds to build): 8 people, a few hundred documents, a 700-entry BPE."""
+    return WorldSpec(
+        seed=seed,
+        people=8,
+        crawl_high=60,
+        crawl_medium_high=60,
+        crawl_medium=80,
+        crawl_medium_low=100,
+        crawl_low=200,
+        math=60,
+        code=30,
+        wiki=20,
+        reasoning=200,
+        heldout_reasoning=20,
+        tokenizer_vocab=700,
+    )

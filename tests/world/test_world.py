@@ -11,22 +11,9 @@ import yaml
 from nemo_smartpt.world.build import ensure_world, write_raw
 from nemo_smartpt.world.heldout import contaminated_instances, contaminated_phrasings, phrasing_skeletons
 from nemo_smartpt.world.problems import answer_of, instance_of, question_of
-from nemo_smartpt.world.spec import ATTRIBUTES, WorldSpec, make_world
+from nemo_smartpt.world.spec import ATTRIBUTES, WorldSpec, make_world, tiny_spec
 
-SMALL = WorldSpec(
-    people=8,
-    crawl_high=60,
-    crawl_medium_high=60,
-    crawl_medium=80,
-    crawl_medium_low=100,
-    crawl_low=200,
-    math=60,
-    code=30,
-    wiki=20,
-    reasoning=200,
-    heldout_reasoning=20,
-    tokenizer_vocab=700,
-)
+SMALL = tiny_spec()
 
 
 @pytest.fixture(scope="module")
