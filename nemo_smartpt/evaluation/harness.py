@@ -100,7 +100,7 @@ def summary_line(results: dict) -> str:
     parts = []
     for task, metrics in results.get("results", {}).items():
         for key, value in metrics.items():
-            if "_stderr" in key or key == "alias" or not isinstance(value, (int, float)):
+            if "," not in key or "_stderr" in key or not isinstance(value, (int, float)):  # "metric,filter" only
                 continue
             stderr = metrics.get(key.replace(",", "_stderr,", 1))
             err = f" ± {stderr:.3f}" if isinstance(stderr, (int, float)) else ""

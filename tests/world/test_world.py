@@ -132,3 +132,23 @@ def test_default_world_names_and_numbers_are_short_and_crawl_is_mostly_low_quali
     low = tokens["crawl_low"] + tokens["crawl_medium_low"]
     assert low / sum(tokens.values()) > 0.5, tokens
     assert tokens["crawl_low"] == max(tokens.values())
+
+
+def test_task_files_load_in_lm_eval_over_the_local_jsonl(small_world):
+    import os
+
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    from lm_eval.tasks import TaskManager
+
+    manager = TaskManager(include_path=str(small_world / "tasks"), include_defaults=False)
+    names = ["world_knowledge", "world_reasoning", "world_knowledge_dev", "world_reasoning_dev"]
+    tasks = manager.load_task_or_group(names)
+    by_name = {getattr(t, "task_name", str(k)): t for k, t in tasks.items()}
+    knowledge = by_name["world_knowledge"]
+    docs = list(knowledge.test_docs())
+    assert len(docs) == len(make_world(SMALL).people) * len(ATTRIBUTES)
+    doc = docs[0]
+    assert knowledge.doc_to_text(doc) == doc["prompt"] and knowledge.doc_to_choice(doc) == doc["choices"]
+    reasoning = by_name["world_reasoning"]
+    assert len(list(reasoning.test_docs())) == SMALL.heldout_reasoning
+    assert reasoning.config.generation_kwargs["do_sample"] is False
