@@ -125,15 +125,9 @@ def eval_tasks(run) -> tuple[list[str], str | None]:
     """(lm-eval task names, include path) for the end-of-training evaluation: ``eval.tasks``/``eval.include_path``
     if given, else every task in the ``tasks/`` folder beside the catalog (the world and the bundled corpus write
     one) except the ``*_dev`` ones, which are for design decisions, not for reports."""
-    from pathlib import Path
+    from nemo_smartpt.evaluation.harness import catalog_task_dir, local_task_names
 
-    from nemo_smartpt.evaluation.harness import local_task_names
-
-    include = run.cfg.eval.include_path
-    if not include:
-        data = run.cfg.data
-        root = Path(data.bundled_dir) if data.catalog == "bundled" else Path(data.catalog).parent
-        include = str(root / "tasks") if (root / "tasks").is_dir() else ""
+    include = run.cfg.eval.include_path or catalog_task_dir(run.cfg.data.catalog, run.cfg.data.bundled_dir)
     if run.cfg.eval.tasks:
         return list(run.cfg.eval.tasks), include or None
     if not include:

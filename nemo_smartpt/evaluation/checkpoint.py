@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from nemo_smartpt.evaluation.lm import EvaluationError
+from nemo_smartpt.evaluation.errors import EvaluationError
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path:

@@ -45,14 +45,13 @@ class EvalCLIConfig:
 
 def default_include_path(run_dir: str | Path) -> str:
     """``tasks/`` beside the catalog the run trained on, if it exists."""
+    from nemo_smartpt.evaluation.harness import catalog_task_dir
+
     config = Path(run_dir) / "smartpt_config.json"
-    if config.exists():
-        data = json.loads(config.read_text())["data"]
-        catalog = data["catalog"]
-        root = Path(data["bundled_dir"]) if catalog == "bundled" else Path(catalog).parent
-        if (root / "tasks").is_dir():
-            return str(root / "tasks")
-    return ""
+    if not config.exists():
+        return ""
+    data = json.loads(config.read_text())["data"]
+    return catalog_task_dir(data["catalog"], data["bundled_dir"])
 
 
 def main(args: list[str]) -> int:
@@ -60,7 +59,7 @@ def main(args: list[str]) -> int:
         print("usage: smartpt eval run_dir=DIR [key=value ...]\n\n" + describe(EvalCLIConfig))
         return 0
     cfg = build_config(EvalCLIConfig, args)
-    from nemo_smartpt.evaluation.lm import EvaluationError
+    from nemo_smartpt.evaluation.errors import EvaluationError
 
     if not cfg.run_dir:
         print("smartpt eval: run_dir=DIR is required (a smartpt train run directory)", file=sys.stderr)

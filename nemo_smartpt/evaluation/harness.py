@@ -13,7 +13,14 @@ import json
 import os
 from pathlib import Path
 
-from nemo_smartpt.evaluation.lm import EvaluationError
+from nemo_smartpt.evaluation.errors import EvaluationError
+
+
+def catalog_task_dir(catalog: str, bundled_dir: str) -> str:
+    """The ``tasks/`` folder beside a catalog (or under the bundled corpus), where the world and the bundled corpus
+    write their lm-eval task files; empty if there is none."""
+    root = Path(bundled_dir) if catalog == "bundled" else Path(catalog).parent
+    return str(root / "tasks") if (root / "tasks").is_dir() else ""
 
 
 def local_task_names(include_path: str | Path) -> set[str]:

@@ -17,13 +17,10 @@ from lm_eval.models.utils import Collator, handle_stop_sequences
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm import tqdm
 
+from nemo_smartpt.evaluation.errors import EvaluationError
 from nemo_smartpt.evaluation.scoring import continuation_scores, greedy_generate
 
 DEFAULT_MAX_GEN_TOKS = 256
-
-
-class EvaluationError(ValueError):
-    """A setting of the evaluation that cannot work (named in the message)."""
 
 
 @register_model("smartpt")

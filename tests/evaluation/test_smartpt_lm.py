@@ -117,11 +117,15 @@ def test_adapter_matches_float64_references(tiny_world_model):
         assert text == _reference_greedy(lm, model, context, ["\n", "e"], 12)
 
 
-def test_adapter_rejects_sampling_and_missing_model():
-    from nemo_smartpt.evaluation.lm import EvaluationError, SmartptLM
+def test_adapter_rejects_sampling_and_a_missing_model(tiny_world_model):
+    from nemo_smartpt.evaluation.errors import EvaluationError
+    from nemo_smartpt.evaluation.lm import SmartptLM
 
     with pytest.raises(EvaluationError, match="run_dir"):
         SmartptLM()
+    lm = SmartptLM(model=tiny_world_model, tokenizer=ByteTokenizer())
+    with pytest.raises(EvaluationError, match="greedily"):
+        lm.generate_until(_instances("generate_until", ["x"], {"until": ["\n"], "do_sample": True}))
 
 
 def _tp2(rank, world_size, state_path):
