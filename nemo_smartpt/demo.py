@@ -69,8 +69,10 @@ def demo_overrides(cfg: DemoConfig, catalog: Path) -> list[str]:
         "model.num_attention_heads=4",
         "train.global_batch_size=16",
         "train.micro_batch_size=8",
-        # A world thought ("Start with 16. 16 - 3 = 13. ...") is ~20 tokens: the cap leaves room to close it.
+        # A world thought ("Start with 16. 16 - 3 = 13. ...") is ~20 tokens: the cap leaves room to close it. A
+        # scoring row (context + <think> + thought + </think>) must fit the 128 learned positions: 88 + 32 + 2.
         "rlp.max_thought_tokens=32",
+        "rlp.max_context=88",
     ]
 
 

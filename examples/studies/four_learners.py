@@ -25,7 +25,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-RLP = ["rlp.num_rollouts=4", "rlp.max_thought_tokens=32", "rlp.max_context=96", "rlp.min_context=8"]
+# A world thought is ~20 tokens; a scoring row (context + <think> + thought + </think>) fits 128 positions: 88 + 32 + 2.
+RLP = ["rlp.num_rollouts=4", "rlp.max_thought_tokens=32", "rlp.max_context=88", "rlp.min_context=8"]
 ARMS = {
     "pascal": ["+experiment=pascal"],
     "random_order": ["+experiment=volta", "data.arm=random_order"],
