@@ -58,7 +58,7 @@ def _documents(args) -> torch.Tensor:
 
 
 def _rlp_step(model, preparer, tokens, cfg, step):
-    from nemo_smartpt.rlp.step import rlp_forward, rlp_loss_func
+    from nemo_smartpt.rlp.megatron.step import rlp_forward, rlp_loss_func
 
     batch = preparer.prepare(tokens, model, step=step)
     loss, count, _ = rlp_loss_func(cfg, batch, rlp_forward(batch, model))
@@ -68,7 +68,7 @@ def _rlp_step(model, preparer, tokens, cfg, step):
 
 
 def _ntp_step(model, tokens):
-    from nemo_smartpt.rlp.megatron_logprobs import causal_mask, position_ids_like
+    from nemo_smartpt.rlp.megatron.logprobs import causal_mask, position_ids_like
 
     inputs, labels = tokens[:, :-1], tokens[:, 1:]
     loss = model(inputs, position_ids_like(inputs), causal_mask(inputs.shape[1]), labels=labels).mean()
@@ -103,10 +103,10 @@ def main(argv=None):
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
     from nemo_smartpt.rlp import ParamEMA, RLPConfig, ThoughtLayout
-    from nemo_smartpt.rlp.callbacks import model_flops_spec
     from nemo_smartpt.rlp.flops import ntp_flops_per_token, rlp_step_flops
-    from nemo_smartpt.rlp.prepare import RLPPreparer
-    from nemo_smartpt.rlp.rollout import NoCacheSampler
+    from nemo_smartpt.rlp.megatron.callbacks import model_flops_spec
+    from nemo_smartpt.rlp.megatron.prepare import RLPPreparer
+    from nemo_smartpt.rlp.megatron.rollout import NoCacheSampler
 
     model = _setup(args)
     tokens = _documents(args)

@@ -82,7 +82,7 @@ def _sync() -> None:
 
 
 def check_kv_equality(sizes) -> None:
-    from nemo_smartpt.rlp.rollout import KVCacheSampler, NoCacheSampler
+    from nemo_smartpt.rlp.megatron.rollout import KVCacheSampler, NoCacheSampler
 
     model = _gpt(sizes, torch.float32)
     prompts = [torch.randint(0, sizes["vocab"] - 4, (n,)).tolist() for n in (17, 64)]
@@ -95,9 +95,9 @@ def check_kv_equality(sizes) -> None:
 
 def check_step(sizes, repeats: int, engine: str) -> None:
     from nemo_smartpt.rlp import ParamEMA, RLPConfig, ThoughtLayout
-    from nemo_smartpt.rlp.megatron_logprobs import causal_mask, position_ids_like
-    from nemo_smartpt.rlp.prepare import RLPPreparer
-    from nemo_smartpt.rlp.step import rlp_forward, rlp_loss_func
+    from nemo_smartpt.rlp.megatron.logprobs import causal_mask, position_ids_like
+    from nemo_smartpt.rlp.megatron.prepare import RLPPreparer
+    from nemo_smartpt.rlp.megatron.step import rlp_forward, rlp_loss_func
 
     v = sizes["vocab"]
     model = _gpt(sizes, torch.bfloat16 if torch.cuda.is_available() else torch.float32)
@@ -170,8 +170,8 @@ def _engine_kwargs(sizes) -> dict:
 
 def check_dynamic_engine(sizes) -> None:
     try:
-        from nemo_smartpt.rlp.dynamic_rollout import DynamicEngineSampler
-        from nemo_smartpt.rlp.rollout import KVCacheSampler, RolloutCounters
+        from nemo_smartpt.rlp.megatron.dynamic_rollout import DynamicEngineSampler
+        from nemo_smartpt.rlp.megatron.rollout import KVCacheSampler, RolloutCounters
     except Exception as exc:  # import errors of optional GPU deps surface as many exception types
         _report("skip", "dynamic inference engine", f"not importable: {exc!r}"[:200])
         return
@@ -222,8 +222,8 @@ def check_hybrid(sizes) -> None:
         _report("skip", "hybrid Mamba model", f"needs mamba_ssm and Transformer Engine: {exc!r}"[:200])
         return
     from nemo_smartpt.rlp import ParamEMA, RLPConfig, ThoughtLayout
-    from nemo_smartpt.rlp.prepare import RLPPreparer
-    from nemo_smartpt.rlp.step import rlp_forward, rlp_loss_func
+    from nemo_smartpt.rlp.megatron.prepare import RLPPreparer
+    from nemo_smartpt.rlp.megatron.step import rlp_forward, rlp_loss_func
     from nemo_smartpt.testing.megatron import TinyGPTSpec, transformer_config
 
     v = sizes["vocab"]
@@ -240,7 +240,7 @@ def check_hybrid(sizes) -> None:
     ).validate()
     prep = RLPPreparer(cfg, layout, eod_id=v - 1, ema=ParamEMA())
     if engine == "kv_cache":
-        from nemo_smartpt.rlp.rollout import NoCacheSampler
+        from nemo_smartpt.rlp.megatron.rollout import NoCacheSampler
 
         prep.sampler = NoCacheSampler(cfg.max_thought_tokens, layout.think_close_ids, cfg.temperature)
     t0 = time.perf_counter()

@@ -54,7 +54,7 @@ def build_objective(run):
     callbacks = []
     extra = []
     if run.schedule["rlp_steps"]:
-        from nemo_smartpt.rlp.callbacks import build_rlp_training, layout_from_tokenizer
+        from nemo_smartpt.rlp.megatron.callbacks import build_rlp_training, layout_from_tokenizer
 
         tokenizer = run.tokenizer
         layout = layout_from_tokenizer(
@@ -104,7 +104,7 @@ class RLPPhaseGate:
                 if step < gate.switch_at:
                     return
                 if step == gate.switch_at:
-                    from nemo_smartpt.rlp.callbacks import ema_params
+                    from nemo_smartpt.rlp.megatron.callbacks import ema_params
 
                     gate.inner.run.ema.initialize(ema_params(context.model))
                 gate.inner.on_train_step_start(context)

@@ -19,12 +19,8 @@ the gradient (``RLPConfig.baseline_affects_gradient``); only cross-group estimat
 Modules: ``config`` (defaults), ``objective`` (eq. 5/7/8 and metrics), ``positions`` (targets in packed samples),
 ``prompt`` (thought prompt, token layouts), ``ema`` (weight EMA), ``flops`` (FLOP accounting, NTP-equivalent tokens).
 
-Megatron-facing modules (import them explicitly; megatron is imported lazily inside): ``megatron_logprobs``
-(vocab-parallel log-probs under TP), ``rollout`` (shared-prefix KV-cache sampler over the live model),
-``dynamic_rollout`` (megatron-core's dynamic inference engine with prefix caching, the GPU generation path), ``prepare``
-(positions → rollouts → scoring rows → S_ema, per micro-batch), ``step`` (the Megatron forward step and loss; runs
-under TP and PP), ``pipeline`` (stage-to-stage generation and preparation ahead of the schedule under PP),
-``callbacks`` (Bridge ``pretrain()`` wiring: ``build_rlp_training``, EMA lifecycle, metrics; TP, PP and DP).
+The Megatron-facing machinery (log-probs, samplers, preparation, step, pipeline, callbacks) lives in the
+``nemo_smartpt.rlp.megatron`` subpackage, apart from the paper's maths here.
 """
 
 from nemo_smartpt.rlp.config import RLPConfig, RLPConfigError

@@ -7,6 +7,13 @@ groups (and megatron's model-parallel state) are destroyed in ``finally`` on eve
 
 ``fn`` must be importable by name (a module-level function): it is sent to the children as (module, qualname, path),
 not pickled, so test modules imported by pytest's rootdir-relative machinery work too.
+
+Results come back through files, not through a multiprocessing queue: each rank ``torch.save``s its outcome into a
+private temporary directory (written under a temporary name, then renamed) before it exits, and the parent loads it
+with ``map_location="cpu"`` once the process has finished. A queue would pickle tensors with torch's file-descriptor
+sharing, which needs the sending process alive until the parent has received the descriptor; a rank that returns and
+exits first made the parent fail with ``ConnectionResetError`` in ``multiprocessing.resource_sharer`` under load.
+A file holds the bytes themselves, so nothing depends on which process exits first.
 """
 
 from __future__ import annotations
@@ -14,10 +21,12 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import multiprocessing as mp
+import multiprocessing.connection
 import os
-import queue as queue_module
+import shutil
 import socket
 import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Callable
@@ -57,7 +66,24 @@ def _resolve(ref: tuple[str, str, str | None]) -> Callable:
     return target
 
 
-def _worker(ref, rank: int, world_size: int, port: int, sys_path: list[str], results, args, kwargs) -> None:
+def _result_path(result_dir: str, rank: int) -> str:
+    return os.path.join(result_dir, f"rank{rank}.pt")
+
+
+def _write_result(result_dir: str, rank: int, status: str, value: Any) -> None:
+    """Write ``(status, value)`` atomically: the parent never sees a half-written file."""
+    import torch
+
+    final = _result_path(result_dir, rank)
+    partial = f"{final}.partial"
+    try:
+        torch.save((status, value), partial)
+    except BaseException:  # an unpicklable return value is this rank's error, not a hang
+        torch.save(("error", "the return value could not be saved:\n" + traceback.format_exc()), partial)
+    os.replace(partial, final)
+
+
+def _worker(ref, rank: int, world_size: int, port: int, sys_path: list[str], result_dir: str, args, kwargs) -> None:
     sys.path[:] = sys_path
     os.environ.update(
         MASTER_ADDR="127.0.0.1",
@@ -75,10 +101,11 @@ def _worker(ref, rank: int, world_size: int, port: int, sys_path: list[str], res
     try:
         torch.distributed.init_process_group("gloo", rank=rank, world_size=world_size)
         fn = _resolve(ref)
-        value = fn(rank, world_size, *args, **kwargs)
-        results.put((rank, "ok", value))
+        outcome = ("ok", fn(rank, world_size, *args, **kwargs))
     except BaseException:
-        results.put((rank, "error", traceback.format_exc()))
+        outcome = ("error", traceback.format_exc())
+    try:
+        _write_result(result_dir, rank, *outcome)
     finally:
         try:
             from megatron.core import parallel_state
@@ -90,6 +117,15 @@ def _worker(ref, rank: int, world_size: int, port: int, sys_path: list[str], res
             torch.distributed.destroy_process_group()
 
 
+def _read_result(result_dir: str, rank: int) -> tuple[str, Any] | None:
+    import torch
+
+    path = _result_path(result_dir, rank)
+    if not os.path.exists(path):
+        return None
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
 def run_distributed(fn: Callable, world_size: int, *args: Any, timeout: float = 600.0, **kwargs: Any) -> list[Any]:
     """Run ``fn(rank, world_size, *args, **kwargs)`` on ``world_size`` gloo processes; return per-rank results.
 
@@ -97,12 +133,12 @@ def run_distributed(fn: Callable, world_size: int, *args: Any, timeout: float = 
         DistributedTestError: a rank raised (its traceback is in the message), died, or timed out.
     """
     ctx = mp.get_context("spawn")
-    results = ctx.Queue()
+    result_dir = tempfile.mkdtemp(prefix="run_distributed-")
     port = free_port()
     procs = [
         ctx.Process(
             target=_worker,
-            args=(_function_ref(fn), rank, world_size, port, list(sys.path), results, args, kwargs),
+            args=(_function_ref(fn), rank, world_size, port, list(sys.path), result_dir, args, kwargs),
             daemon=False,
         )
         for rank in range(world_size)
@@ -113,21 +149,28 @@ def run_distributed(fn: Callable, world_size: int, *args: Any, timeout: float = 
             proc.start()
         deadline = time.monotonic() + timeout
         while len(outcome) < world_size:
-            try:
-                rank, status, value = results.get(timeout=1.0)
-            except queue_module.Empty:
-                dead = [r for r, p in enumerate(procs) if r not in outcome and p.exitcode not in (None, 0)]
-                if dead:
-                    for r in dead:
-                        outcome[r] = ("error", f"process died with exit code {procs[r].exitcode} (no traceback)")
-                    break
+            failed = False
+            for rank, proc in enumerate(procs):
+                if rank in outcome:
+                    continue
+                # The file is renamed into place complete, so it can be read while the rank is still tearing down.
+                result = _read_result(result_dir, rank)
+                if result is None and proc.exitcode is not None:
+                    # exited without a result: killed, out of memory, os._exit before it could report
+                    result = _read_result(result_dir, rank) or (
+                        "error",
+                        f"process died with exit code {proc.exitcode} (no traceback)",
+                    )
+                if result is not None:
+                    outcome[rank] = result
+                    failed = failed or result[0] == "error"
+            if failed:
+                break  # the other ranks may now block forever in a collective
+            if len(outcome) < world_size:
                 if time.monotonic() > deadline:
                     missing = sorted(set(range(world_size)) - set(outcome))
-                    raise DistributedTestError(f"timed out after {timeout:.0f}s waiting for ranks {missing}") from None
-                continue
-            outcome[rank] = (status, value)
-            if status == "error":
-                break  # the other ranks may now block forever in a collective
+                    raise DistributedTestError(f"timed out after {timeout:.0f}s waiting for ranks {missing}")
+                mp.connection.wait([proc.sentinel for proc in procs if proc.exitcode is None], timeout=0.2)
         for proc in procs:
             proc.join(timeout=30 if len(outcome) == world_size else 5)
     finally:
@@ -135,6 +178,7 @@ def run_distributed(fn: Callable, world_size: int, *args: Any, timeout: float = 
             if proc.is_alive():
                 proc.kill()
                 proc.join()
+        shutil.rmtree(result_dir, ignore_errors=True)
     errors = {rank: value for rank, (status, value) in outcome.items() if status == "error"}
     if errors:
         text = "\n".join(f"--- rank {rank} ---\n{tb}" for rank, tb in sorted(errors.items()))

@@ -42,7 +42,7 @@ def tiny_rlp_run(data_dir: str, out_dir: str, rlp: dict | None = None, **pretrai
     """
     from nemo_smartpt.bridge.indexed_provider import IndexedGPTProvider
     from nemo_smartpt.bridge.recipe import TinyModelConfig, cpu_pretrain_config
-    from nemo_smartpt.rlp.callbacks import build_rlp_training
+    from nemo_smartpt.rlp.megatron.callbacks import build_rlp_training
 
     model = TinyModelConfig(num_layers=2, hidden_size=64, num_attention_heads=4, seq_length=64, vocab_size=64)
     provider = IndexedGPTProvider(prefixes=[str(Path(data_dir) / "train")], seq_length=model.seq_length)

@@ -11,8 +11,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nemo_smartpt.rlp.dynamic_rollout import DynamicEngineSampler
-from nemo_smartpt.rlp.rollout import KVCacheSampler, RolloutCounters
+from nemo_smartpt.rlp.megatron.dynamic_rollout import DynamicEngineSampler
+from nemo_smartpt.rlp.megatron.rollout import KVCacheSampler, RolloutCounters
 from nemo_smartpt.testing.paged_attention import install_reference_paged_attention
 
 STOP = (5, 6)  # a two-token </think>
@@ -106,7 +106,7 @@ def test_fresh_weights_are_never_served_from_a_stale_prefix_cache(gpt, paged_att
 def test_training_forward_is_untouched_by_the_engine(gpt, paged_attention):
     from megatron.core.inference.utils import InferenceMode
 
-    from nemo_smartpt.rlp.megatron_logprobs import causal_mask
+    from nemo_smartpt.rlp.megatron.logprobs import causal_mask
 
     ids = torch.tensor([_prompts((16,))[0]])
     pos = torch.arange(16)[None]
@@ -119,7 +119,7 @@ def test_training_forward_is_untouched_by_the_engine(gpt, paged_attention):
 
 
 def test_prompt_longer_than_the_engine_was_sized_for_is_named(gpt, paged_attention):
-    from nemo_smartpt.rlp.dynamic_rollout import DynamicEngineError
+    from nemo_smartpt.rlp.megatron.dynamic_rollout import DynamicEngineError
 
     with pytest.raises(DynamicEngineError, match="70 tokens.*max_prompt_tokens=64"):
         _dynamic(greedy=True).generate_groups(gpt, [list(range(70))], 2)
@@ -128,7 +128,7 @@ def test_prompt_longer_than_the_engine_was_sized_for_is_named(gpt, paged_attenti
 def _train_with_dynamic_engine(rank, world_size, data_dir: str, out_dir: str):
     from megatron.bridge.training.pretrain import pretrain
 
-    from nemo_smartpt.rlp.dynamic_rollout import DynamicEngineSampler
+    from nemo_smartpt.rlp.megatron.dynamic_rollout import DynamicEngineSampler
     from nemo_smartpt.testing.rlp_runs import tiny_rlp_run
 
     engine = dict(generation_engine="dynamic", dynamic_block_size_tokens=BLOCK, dynamic_buffer_size_gb=0.01)
@@ -210,8 +210,8 @@ def test_dynamic_engine_under_tp2_matches_single_process_greedy_and_ranks_agree(
 
 
 def test_engine_choice_follows_kernels_and_pipeline_size(monkeypatch):
-    from nemo_smartpt.rlp import prepare
-    from nemo_smartpt.rlp.megatron_logprobs import RLPPipelineError
+    from nemo_smartpt.rlp.megatron import prepare
+    from nemo_smartpt.rlp.megatron.logprobs import RLPPipelineError
 
     assert prepare.resolve_generation_engine("auto") == "kv_cache"  # no CUDA here
     assert prepare.resolve_generation_engine("dynamic") == "dynamic"

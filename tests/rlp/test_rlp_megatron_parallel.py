@@ -30,7 +30,7 @@ LENGTH, NUM_MICRO = 24, 2
 def _run_schedule(model, batches, forward_only=False):
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
-    from nemo_smartpt.rlp.step import rlp_forward_step
+    from nemo_smartpt.rlp.megatron.step import rlp_forward_step
 
     losses = get_forward_backward_func()(
         forward_step_func=partial(rlp_forward_step, CFG),
@@ -46,7 +46,7 @@ def _run_schedule(model, batches, forward_only=False):
 
 def _reference(rank, world_size, state_path, batch_path):
     from nemo_smartpt.rlp import ParamEMA
-    from nemo_smartpt.rlp.prepare import RLPPreparer, pad_prepared_length
+    from nemo_smartpt.rlp.megatron.prepare import RLPPreparer, pad_prepared_length
     from nemo_smartpt.testing.megatron import build_tiny_gpt, init_model_parallel
 
     init_model_parallel(1, 1, seed=11)
@@ -64,8 +64,8 @@ def _reference(rank, world_size, state_path, batch_path):
         batches.append(pad_prepared_length(prep.prepare(tokens, model, step=0, microbatch=mb), LENGTH))
     torch.save(batches, batch_path)
     with torch.no_grad():
-        from nemo_smartpt.rlp.megatron_logprobs import vocab_parallel_logprobs
-        from nemo_smartpt.rlp.step import rlp_forward
+        from nemo_smartpt.rlp.megatron.logprobs import vocab_parallel_logprobs
+        from nemo_smartpt.rlp.megatron.step import rlp_forward
 
         logp = vocab_parallel_logprobs(rlp_forward(batches[0], model), batches[0]["labels_NL"], CFG.temperature)
     greedy = _greedy_rollouts(model)
@@ -75,14 +75,14 @@ def _reference(rank, world_size, state_path, batch_path):
 
 
 def _greedy_rollouts(model):
-    from nemo_smartpt.rlp.rollout import KVCacheSampler
+    from nemo_smartpt.rlp.megatron.rollout import KVCacheSampler
 
     sampler = KVCacheSampler(max_new_tokens=6, stop_ids=(122,), greedy=True)
     return [g.thoughts for g in sampler.generate_groups(model, [[5, 9, 33, 7], [64, 2]], 3)]
 
 
 def _sampled_rollouts(model):
-    from nemo_smartpt.rlp.rollout import KVCacheSampler
+    from nemo_smartpt.rlp.megatron.rollout import KVCacheSampler
 
     sampler = KVCacheSampler(max_new_tokens=6, stop_ids=(122,), temperature=0.7)
     groups = sampler.generate_groups(model, [[5, 9, 33, 7], [64, 2]], 4, torch.Generator().manual_seed(8))
@@ -92,8 +92,8 @@ def _sampled_rollouts(model):
 def _parallel(rank, world_size, tp, pp, state_path, batch_path):
     from megatron.core import parallel_state
 
-    from nemo_smartpt.rlp.megatron_logprobs import vocab_parallel_logprobs
-    from nemo_smartpt.rlp.step import rlp_forward
+    from nemo_smartpt.rlp.megatron.logprobs import vocab_parallel_logprobs
+    from nemo_smartpt.rlp.megatron.step import rlp_forward
     from nemo_smartpt.testing.megatron import build_tiny_gpt, init_model_parallel, load_full_state_dict, sharded_grads
 
     init_model_parallel(tp, pp, seed=99)  # a different seed: the weights must come from the reference

@@ -37,8 +37,8 @@ def _tokens():
 
 def _generate_and_prepare(model):
     from nemo_smartpt.rlp import ParamEMA
-    from nemo_smartpt.rlp.prepare import RLPPreparer
-    from nemo_smartpt.rlp.rollout import KVCacheSampler
+    from nemo_smartpt.rlp.megatron.prepare import RLPPreparer
+    from nemo_smartpt.rlp.megatron.rollout import KVCacheSampler
 
     greedy = KVCacheSampler(max_new_tokens=6, stop_ids=(122,), greedy=True)
     thoughts = [g.thoughts for g in greedy.generate_groups(model, PROMPTS, 3)]
@@ -133,7 +133,7 @@ def test_rlp_runs_through_bridge_pretrain_with_pp2(tmp_path):
 def test_sampler_indices_follow_bridge_pretraining_sampler(consumed, dp_size):
     from megatron.bridge.data.samplers import MegatronPretrainingSampler
 
-    from nemo_smartpt.rlp.pipeline import sampler_indices
+    from nemo_smartpt.rlp.megatron.pipeline import sampler_indices
 
     mbs, num_micro = 2, 3
     for dp_rank in range(dp_size):

@@ -91,7 +91,7 @@ def _global_params(gpt) -> dict[str, torch.nn.Parameter]:
 def _callback_classes():
     from megatron.bridge.training.callbacks import Callback
 
-    from nemo_smartpt.rlp.megatron_logprobs import unwrap_model
+    from nemo_smartpt.rlp.megatron.logprobs import unwrap_model
 
     class InitWeights(Callback):
         """Registered before the RLP callback: PP=1 saves its initial weights, PP=2 loads them (before φ = θ)."""
@@ -128,7 +128,7 @@ def _callback_classes():
         def on_train_start(self, context):
             from megatron.core import parallel_state
 
-            from nemo_smartpt.rlp.callbacks import _is_metrics_writer
+            from nemo_smartpt.rlp.megatron.callbacks import _is_metrics_writer
 
             # pretrain() tears the parallel state down on exit: read this rank's coordinates while it exists.
             self.layout = {

@@ -81,7 +81,7 @@ def _probe_class():
 def _train(rank, world_size, data_dir: str, out_dir: str, load_dir: str | None):
     from megatron.bridge.training.pretrain import pretrain
 
-    from nemo_smartpt.rlp.callbacks import ema_side_file
+    from nemo_smartpt.rlp.megatron.callbacks import ema_side_file
 
     # Both runs have the same train_iters, so Bridge builds the same dataset (its sample count sets the shuffle).
     # ema_decay 0.5: φ after two updates is far from θ_2, so a re-initialised (not restored) EMA shows in s_ema.

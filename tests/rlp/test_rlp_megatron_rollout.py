@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nemo_smartpt.rlp.rollout import KVCacheSampler, NoCacheSampler, RolloutCounters, sample_tokens
+from nemo_smartpt.rlp.megatron.rollout import KVCacheSampler, NoCacheSampler, RolloutCounters, sample_tokens
 
 STOP = (5, 6)  # a two-token </think>, to exercise multi-token stop matching
 

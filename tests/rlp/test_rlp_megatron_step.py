@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from nemo_smartpt.rlp import ParamEMA, RLPConfig, ThoughtLayout
-from nemo_smartpt.rlp.megatron_logprobs import vocab_parallel_logprobs
-from nemo_smartpt.rlp.prepare import RLPNoPositionsError, RLPPreparer, pad_prepared_length
-from nemo_smartpt.rlp.step import rlp_forward, rlp_loss_func
+from nemo_smartpt.rlp.megatron.logprobs import vocab_parallel_logprobs
+from nemo_smartpt.rlp.megatron.prepare import RLPNoPositionsError, RLPPreparer, pad_prepared_length
+from nemo_smartpt.rlp.megatron.step import rlp_forward, rlp_loss_func
 
 EOD = 127
 LAYOUT = ThoughtLayout(prompt_ids=(120,), think_open_ids=(121,), think_close_ids=(122,), pad_id=0)
@@ -147,7 +147,7 @@ def test_exclude_truncated_and_mixed_ntp(tiny_gpt):
 
 
 def test_ema_checkpoint_side_file_round_trip(tiny_gpt, tmp_path):
-    from nemo_smartpt.rlp.callbacks import build_rlp_training, ema_side_file
+    from nemo_smartpt.rlp.megatron.callbacks import build_rlp_training, ema_side_file
 
     _, (callback,) = build_rlp_training(_cfg(ema_decay=0.9), LAYOUT, EOD, run_dir=str(tmp_path / "run"))
     run = callback.run

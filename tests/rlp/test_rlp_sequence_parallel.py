@@ -1,7 +1,7 @@
 """Generation from a model trained with sequence parallelism (TP=2): SP is off while generating, restored after.
 
 A sequence-parallel model cannot decode (one token per row does not split over TP ranks), so
-:func:`~nemo_smartpt.rlp.rollout.generation_mode` turns every sequence-parallel flag off and restores each one. The
+:func:`~nemo_smartpt.rlp.megatron.rollout.generation_mode` turns every sequence-parallel flag off and restores each one. The
 CPU layer spec cannot be built with sequence parallelism, so the model is built without it and switched on with
 megatron-core's own ``set_model_to_sequence_parallel`` (what a sequence-parallel build sets); training forwards with
 SP need reduce-scatter, which gloo lacks, so only generation is run here. Both samplers must then reproduce the
@@ -33,7 +33,7 @@ def _flags(model) -> dict:
 
 
 def _reference(rank, world_size, state_path):
-    from nemo_smartpt.rlp.rollout import KVCacheSampler
+    from nemo_smartpt.rlp.megatron.rollout import KVCacheSampler
     from nemo_smartpt.testing.megatron import TinyGPTSpec, build_tiny_gpt, init_model_parallel
 
     init_model_parallel(1, 1, seed=11)
@@ -45,8 +45,8 @@ def _reference(rank, world_size, state_path):
 def _sequence_parallel_tp2(rank, world_size, state_path):
     from megatron.core.transformer.utils import set_model_to_sequence_parallel
 
-    from nemo_smartpt.rlp.dynamic_rollout import DynamicEngineSampler
-    from nemo_smartpt.rlp.rollout import KVCacheSampler
+    from nemo_smartpt.rlp.megatron.dynamic_rollout import DynamicEngineSampler
+    from nemo_smartpt.rlp.megatron.rollout import KVCacheSampler
     from nemo_smartpt.testing.megatron import TinyGPTSpec, build_tiny_gpt, init_model_parallel, load_full_state_dict
     from nemo_smartpt.testing.paged_attention import install_reference_paged_attention
 

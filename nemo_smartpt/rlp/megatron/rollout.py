@@ -12,12 +12,12 @@ G·(P + R) tokens for re-encoding (``generate_no_cache``, the reference and the 
 - Tensor parallelism: the decode forward gathers the logits (``runtime_gather_output=True``; fine for sampling, the
   training loss never gathers). Every TP rank then holds identical logits and draws from a generator with the same
   seed, so all TP ranks sample the same tokens without a broadcast.
-- Pipeline parallelism: each prefill/decode forward runs stage to stage (:func:`~nemo_smartpt.rlp.pipeline.
+- Pipeline parallelism: each prefill/decode forward runs stage to stage (:func:`~nemo_smartpt.rlp.megatron.pipeline.
   stage_forward`: p2p of the ``[S, rows, H]`` hidden states on megatron's pipeline group), every stage keeps the KV
   cache of its own layers in its own inference context, the last stage samples, and the sampled ids and log-probs
   are broadcast to every pipeline rank, so all stages feed the same next tokens and stop together. The prefill is
   still one batch-1 forward per group. Under PP this is collective: every pipeline rank must call with the same
-  prompts (see :class:`~nemo_smartpt.rlp.pipeline.PipelineFeed`).
+  prompts (see :class:`~nemo_smartpt.rlp.megatron.pipeline.PipelineFeed`).
 - Determinism: draws come only from the ``torch.Generator`` passed in (the step seeds it from (seed, step,
   data-parallel rank, micro-batch)), so a run is reproducible per seed and rank.
 
@@ -33,8 +33,8 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
-from nemo_smartpt.rlp.megatron_logprobs import causal_mask
-from nemo_smartpt.rlp.pipeline import (
+from nemo_smartpt.rlp.megatron.logprobs import causal_mask
+from nemo_smartpt.rlp.megatron.pipeline import (
     broadcast_from_last_stage,
     model_device,
     pipeline_size,

@@ -1,9 +1,9 @@
 """Preparation of an RLP micro-batch: positions → rollouts → scoring sequences → baseline (arXiv 2510.01265).
 
 This is the part of a step that needs generation. Under PP = 1 it runs on the whole model (any TP); under PP > 1 it is
-collective over the pipeline group (stage-to-stage generation and baseline, :mod:`nemo_smartpt.rlp.pipeline`) and
+collective over the pipeline group (stage-to-stage generation and baseline, :mod:`nemo_smartpt.rlp.megatron.pipeline`) and
 every stage ends with the same prepared batch, so it must run outside Megatron's schedule. It turns packed pretraining tokens into a *prepared batch*: a dict of tensors that the training forward step
-(:mod:`nemo_smartpt.rlp.step`) consumes without further model calls, which is why that forward step runs under any
+(:mod:`nemo_smartpt.rlp.megatron.step`) consumes without further model calls, which is why that forward step runs under any
 TP/PP schedule::
 
     tokens [b, S] ──sample_target_positions──▶ B positions (x_<t, x_t)
@@ -32,8 +32,9 @@ import torch
 
 from nemo_smartpt.rlp.config import RLPConfig
 from nemo_smartpt.rlp.ema import ParamEMA
-from nemo_smartpt.rlp.megatron_logprobs import RLPPipelineError, score_next_tokens
-from nemo_smartpt.rlp.pipeline import model_device, pipeline_size
+from nemo_smartpt.rlp.megatron.logprobs import RLPPipelineError, score_next_tokens
+from nemo_smartpt.rlp.megatron.pipeline import model_device, pipeline_size
+from nemo_smartpt.rlp.megatron.rollout import KVCacheSampler, RolloutCounters, generation_mode
 from nemo_smartpt.rlp.positions import gather_context, sample_target_positions
 from nemo_smartpt.rlp.prompt import (
     ThoughtLayout,
@@ -42,7 +43,6 @@ from nemo_smartpt.rlp.prompt import (
     rollout_prompt_ids,
     stack_groups,
 )
-from nemo_smartpt.rlp.rollout import KVCacheSampler, RolloutCounters, generation_mode
 
 
 def resolve_generation_engine(requested: str) -> str:
@@ -78,7 +78,7 @@ def build_sampler(cfg: RLPConfig, layout: ThoughtLayout, counters: RolloutCounte
     )
     if resolve_generation_engine(cfg.generation_engine) == "kv_cache":
         return KVCacheSampler(**common)
-    from nemo_smartpt.rlp.dynamic_rollout import DynamicEngineSampler
+    from nemo_smartpt.rlp.megatron.dynamic_rollout import DynamicEngineSampler
 
     return DynamicEngineSampler(
         **common,

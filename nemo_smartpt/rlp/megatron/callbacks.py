@@ -17,7 +17,7 @@ optimizer step):
   parallel layout, otherwise the shard shapes do not match and :class:`~nemo_smartpt.rlp.ema.EMAStateError` is raised).
 - ``on_train_step_start``: reset the per-step preparation stats and rollout counters; start the step clock. Under
   PP > 1, prepare all micro-batches of the step here, collectively over the pipeline group, before the schedule
-  starts (:class:`~nemo_smartpt.rlp.pipeline.PipelineFeed`).
+  starts (:class:`~nemo_smartpt.rlp.megatron.pipeline.PipelineFeed`).
 - ``on_train_step_end``: φ update (skipped iterations skip it too), then one metrics line per step: printed by the
   pipeline-last, TP-0, DP-0 rank (global rank 0 at PP = 1; the rank that holds the reduced loss metrics),
   appended to ``<run_dir>/metrics.jsonl`` and written to Bridge's tensorboard writer when it exists.
@@ -42,12 +42,12 @@ import torch
 from nemo_smartpt.rlp.config import RLPConfig
 from nemo_smartpt.rlp.ema import ParamEMA
 from nemo_smartpt.rlp.flops import ModelFlopsSpec, ntp_flops_per_token, paper_ntp_equivalent_tokens, rlp_step_flops
-from nemo_smartpt.rlp.megatron_logprobs import RLPPipelineError, unwrap_model
-from nemo_smartpt.rlp.pipeline import PipelineFeed
-from nemo_smartpt.rlp.prepare import PrepStats, RLPPreparer, resolve_generation_engine
+from nemo_smartpt.rlp.megatron.logprobs import RLPPipelineError, unwrap_model
+from nemo_smartpt.rlp.megatron.pipeline import PipelineFeed
+from nemo_smartpt.rlp.megatron.prepare import PrepStats, RLPPreparer, resolve_generation_engine
+from nemo_smartpt.rlp.megatron.rollout import RolloutCounters
+from nemo_smartpt.rlp.megatron.step import RLPForwardStep
 from nemo_smartpt.rlp.prompt import ThoughtLayout
-from nemo_smartpt.rlp.rollout import RolloutCounters
-from nemo_smartpt.rlp.step import RLPForwardStep
 
 EMA_FILE = "rlp_ema_rank{rank}.pt"
 
@@ -210,7 +210,7 @@ def _make_callback_class():
             if self.run.pipeline is not None:
                 from megatron.core.num_microbatches_calculator import get_num_microbatches
 
-                # Collective over the pipeline group, before the schedule's p2p starts (see nemo_smartpt.rlp.pipeline).
+                # Collective over the pipeline group, before the schedule's p2p starts (see nemo_smartpt.rlp.megatron.pipeline).
                 ts = context.state.train_state
                 self.run.pipeline.prepare_step(
                     context.model,

@@ -45,7 +45,7 @@ def require_single_stage(model) -> torch.nn.Module:
         raise RLPPipelineError(
             "this rank holds only part of the model (a pipeline stage) but megatron's pipeline parallelism is not "
             "initialised: single-stage RLP generation and scoring need the whole model; under "
-            "pipeline_model_parallel_size>1 they run stage to stage (nemo_smartpt.rlp.pipeline)"
+            "pipeline_model_parallel_size>1 they run stage to stage (nemo_smartpt.rlp.megatron.pipeline)"
         )
     return gpt
 
@@ -110,7 +110,7 @@ def score_next_tokens(
     Returns:
         ``[len(sequences)]`` fp32 log-probs on ``device``.
     """
-    from nemo_smartpt.rlp.pipeline import broadcast_from_last_stage, pipeline_size, stage_forward, stage_model
+    from nemo_smartpt.rlp.megatron.pipeline import broadcast_from_last_stage, pipeline_size, stage_forward, stage_model
 
     gpt = stage_model(model)
     pp = pipeline_size()

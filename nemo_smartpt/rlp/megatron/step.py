@@ -1,6 +1,6 @@
 """The RLP training forward and loss as a Megatron forward step (arXiv 2510.01265, eq. 5, 7, 8).
 
-One training forward per prepared micro-batch (:mod:`nemo_smartpt.rlp.prepare`): the B·G scoring rows
+One training forward per prepared micro-batch (:mod:`nemo_smartpt.rlp.megatron.prepare`): the B·G scoring rows
 ``P x_<t <think> c_i </think> x_t`` go through the model once. On the last pipeline stage the output is the
 vocab-sharded logits; the loss function reads from them, never gathering the vocabulary:
 
@@ -25,7 +25,7 @@ Two entry points:
 - :class:`RLPForwardStep` for Bridge's ``pretrain()``: under PP = 1 it pulls packed samples from Bridge's iterator and
   prepares each micro-batch lazily right before its training forward (generation inside the schedule's forward step);
   under PP > 1 the callback prepared the step's micro-batches before the schedule
-  (:class:`~nemo_smartpt.rlp.pipeline.PipelineFeed`) and it pops them, advancing and checking Bridge's iterator.
+  (:class:`~nemo_smartpt.rlp.megatron.pipeline.PipelineFeed`) and it pops them, advancing and checking Bridge's iterator.
   Prepared micro-batches differ in shape, so the pipeline p2p runs with ``variable_seq_lengths`` (the callback
   switches it on for dense models).
 """
@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from nemo_smartpt.rlp.config import RLPConfig
-from nemo_smartpt.rlp.megatron_logprobs import causal_mask, vocab_parallel_logprobs
+from nemo_smartpt.rlp.megatron.logprobs import causal_mask, vocab_parallel_logprobs
 from nemo_smartpt.rlp.objective import _pair, group_advantages, info_gain_rewards, rlp_policy_loss, rlp_reward_metrics
 
 if TYPE_CHECKING:
@@ -60,7 +60,7 @@ def rlp_loss_func(
 
     Args:
         cfg: RLP config (temperature, estimator, clip, aggregation, ntp weight).
-        batch: the prepared batch (see :mod:`nemo_smartpt.rlp.prepare` for the keys).
+        batch: the prepared batch (see :mod:`nemo_smartpt.rlp.megatron.prepare` for the keys).
         logits_NLV: the model output, ``[N + M, L, V/tp]``.
 
     Returns:
@@ -145,7 +145,7 @@ class RLPForwardStep:
     the same under both paths.
 
     Args:
-        run: the shared :class:`~nemo_smartpt.rlp.callbacks.RLPRun` (config, preparer, EMA, stats).
+        run: the shared :class:`~nemo_smartpt.rlp.megatron.callbacks.RLPRun` (config, preparer, EMA, stats).
     """
 
     def __init__(self, run):

@@ -128,7 +128,7 @@ class PipelineFeed:
     """Prepares all micro-batches of a step on every pipeline rank, then hands them to the forward step in order.
 
     Args:
-        preparer: the run's :class:`~nemo_smartpt.rlp.prepare.RLPPreparer`.
+        preparer: the run's :class:`~nemo_smartpt.rlp.megatron.prepare.RLPPreparer`.
         dataset: the training dataset Bridge built (indexable, items with ``tokens``/``labels``/``loss_mask``); it
             is read on the first pipeline stage only.
         seq_length: packed-sample length (the broadcast buffer shape).
@@ -203,13 +203,13 @@ class PipelineFeed:
 
 
 def _first_chunk(model):
-    from nemo_smartpt.rlp.megatron_logprobs import unwrap_model
+    from nemo_smartpt.rlp.megatron.logprobs import unwrap_model
 
     return unwrap_model(model)
 
 
 def stage_model(model) -> torch.nn.Module:
     """The unwrapped ``GPTModel`` of this rank: the whole model under PP = 1 (checked), this rank's stage under PP."""
-    from nemo_smartpt.rlp.megatron_logprobs import require_single_stage, unwrap_model
+    from nemo_smartpt.rlp.megatron.logprobs import require_single_stage, unwrap_model
 
     return unwrap_model(model) if pipeline_size() > 1 else require_single_stage(model)

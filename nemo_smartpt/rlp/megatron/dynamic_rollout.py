@@ -1,15 +1,15 @@
 """Thought rollouts through megatron-core's ``DynamicInferenceEngine`` with prefix caching (the GPU generation path).
 
-:class:`~nemo_smartpt.rlp.rollout.KVCacheSampler` shares a group's prompt by prefilling it once and copying its cache
+:class:`~nemo_smartpt.rlp.megatron.rollout.KVCacheSampler` shares a group's prompt by prefilling it once and copying its cache
 rows. At cluster scale the better tool is megatron-core's own dynamic engine: a paged KV cache, in-flight batching of
 every rollout of every group of a micro-batch at once (finished thoughts free their slots for the others) and *prefix
 caching*, which hashes complete KV blocks of a prompt so that the G requests of a group reuse the blocks of the first
 one instead of recomputing them. :class:`DynamicEngineSampler` drives that engine over the live training model:
 
-- **Same contract as the KV-cache sampler** (a :class:`~nemo_smartpt.rlp.rollout.RolloutSampler`), so :class:`~nemo_smartpt.rlp.prepare.RLPPreparer` switches
+- **Same contract as the KV-cache sampler** (a :class:`~nemo_smartpt.rlp.megatron.rollout.RolloutSampler`), so :class:`~nemo_smartpt.rlp.megatron.prepare.RLPPreparer` switches
   between them with ``rlp.generation_engine``.
 - **No weight copy.** The engine wraps the training ``GPTModel`` itself (inside
-  :func:`~nemo_smartpt.rlp.rollout.generation_mode`). Because the weights change after every optimizer step, the
+  :func:`~nemo_smartpt.rlp.megatron.rollout.generation_mode`). Because the weights change after every optimizer step, the
   prefix cache keeps a block only while a request of the current batch holds it (``ref_zero`` eviction) and the
   engine is ``reset()`` before each batch: cached prefix blocks from the previous weights are never reused.
 - **Inference mode is scoped.** Constructing megatron's engine sets the process-wide ``InferenceMode`` flag, which
@@ -40,8 +40,8 @@ from collections.abc import Sequence
 
 import torch
 
-from nemo_smartpt.rlp.pipeline import pipeline_size
-from nemo_smartpt.rlp.rollout import RolloutCounters, RolloutGroup, RolloutSampler
+from nemo_smartpt.rlp.megatron.pipeline import pipeline_size
+from nemo_smartpt.rlp.megatron.rollout import RolloutCounters, RolloutGroup, RolloutSampler
 
 _STOP_TEXT = "</think>"
 
@@ -78,7 +78,7 @@ class _StopIdsTokenizer:
 class DynamicEngineSampler(RolloutSampler):
     """G samples per prompt from megatron-core's ``DynamicInferenceEngine`` (paged KV, prefix caching).
 
-    The first six arguments are :class:`~nemo_smartpt.rlp.rollout.RolloutSampler`'s; the engine's:
+    The first six arguments are :class:`~nemo_smartpt.rlp.megatron.rollout.RolloutSampler`'s; the engine's:
 
     Args:
         block_size_tokens: KV block size; prefix caching shares only complete blocks of a prompt.
