@@ -138,6 +138,7 @@ def _tp2(rank, world_size, state_path):
     return ll, rolling, gen
 
 
+@pytest.mark.slow
 @pytest.mark.distributed
 def test_tensor_parallel_two_equals_one(tiny_world_model, tmp_path):
     torch.save(tiny_world_model.state_dict(), tmp_path / "state.pt")
