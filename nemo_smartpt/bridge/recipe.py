@@ -1,9 +1,15 @@
-"""Megatron-Bridge ``ConfigContainer`` recipes: a tiny GPT that trains on CPU, and the same shape for the cluster.
+"""Megatron-Bridge ``ConfigContainer`` recipes for ``smartpt train``: our tiny GPT, and any Bridge recipe.
 
-We start from Bridge's own offline recipe (``vanilla_gpt``, Megatron-LM's ``pretrain_gpt.py`` defaults) and change only
-what the target needs. On a machine without CUDA that means: fp32 instead of bf16, the local (non-Transformer-Engine)
-layer spec, a plain (non-distributed, unfused) Adam, gloo instead of NCCL, and dataloader workers off. Everything else
-is the host's default, so a CPU run exercises the same code paths as a GPU run wherever the CPU allows it.
+- ``cpu_tiny`` (:func:`cpu_pretrain_config`): Bridge's own offline recipe (``vanilla_gpt``, Megatron-LM's
+  ``pretrain_gpt.py`` defaults) with a tiny model; trains on CPU in seconds, and in bf16 on a GPU.
+- any other name (:func:`recipe_config`): a Bridge recipe function (:mod:`nemo_smartpt.bridge.recipe_lookup`), built
+  from a local Hugging Face config when it needs one (:mod:`nemo_smartpt.bridge.hf_config`), optionally rescaled with
+  ``shrink=tiny`` (:mod:`nemo_smartpt.bridge.shrink`).
+
+On a machine without CUDA both go through :func:`nemo_smartpt.bridge.cpu_config.adapt_to_cpu` (local layer spec,
+fp32, gloo, plain Adam, no fused kernels), the one place that decides what a CPU run changes. The model's vocabulary
+is the tokenizer's, padded by Bridge for the final tensor-parallel size (``make_vocab_size_divisible_by`` x TP), so
+``model.tensor_model_parallel_size=2`` works whatever the tokenizer.
 """
 
 from __future__ import annotations
@@ -12,6 +18,8 @@ import os
 from dataclasses import dataclass
 
 import torch
+
+from nemo_smartpt.bridge.recipe_lookup import ALIASES, CPU_TINY, RecipeError, resolve_recipe
 
 
 @dataclass
@@ -27,7 +35,10 @@ class TinyModelConfig:
     seq_length: int = 64
     """Tokens per sample."""
     vocab_size: int = 256
-    """Vocabulary of the NullTokenizer used when no HF tokenizer is given (the last id is EOD)."""
+    """Vocabulary of the NullTokenizer used when no HF tokenizer is given (the last id is EOD); the model pads it to
+    a multiple of ``make_vocab_size_divisible_by`` x TP."""
+    make_vocab_size_divisible_by: int = 8
+    """Megatron's per-TP-rank padding multiple of the vocabulary."""
 
 
 def cpu_pretrain_config(
@@ -62,6 +73,8 @@ def cpu_pretrain_config(
     from megatron.bridge.recipes.gpt.h100.vanilla_gpt import vanilla_gpt_pretrain_1gpu_h100_bf16_config
     from megatron.bridge.training.config import OptimizerConfig, SchedulerConfig, TokenizerConfig
 
+    from nemo_smartpt.bridge.cpu_config import adapt_to_cpu
+
     model = model or TinyModelConfig()
     on_gpu = torch.cuda.is_available()
     cfg = vanilla_gpt_pretrain_1gpu_h100_bf16_config()
@@ -70,14 +83,16 @@ def cpu_pretrain_config(
         hidden_size=model.hidden_size,
         num_attention_heads=model.num_attention_heads,
         seq_length=model.seq_length,
-        vocab_size=model.vocab_size,
-        make_vocab_size_divisible_by=max(tensor_parallel, 1) * 8,
+        # None: Bridge takes the tokenizer's vocabulary and pads it for the final TP size (after overrides).
+        vocab_size=None,
+        make_vocab_size_divisible_by=model.make_vocab_size_divisible_by,
         tensor_model_parallel_size=tensor_parallel,
         pipeline_model_parallel_size=pipeline_parallel,
-        pipeline_dtype=torch.float32 if not on_gpu else torch.bfloat16,
+        pipeline_dtype=torch.bfloat16,
         share_embeddings_and_output_weights=True,
         hidden_dropout=0.0,
         attention_dropout=0.0,
+        # GPU: the local spec's fused kernels (adapt_to_cpu turns all fusions off on CPU).
         use_cpu_initialization=not on_gpu,
         bias_dropout_fusion=on_gpu,
         bias_activation_fusion=on_gpu,
@@ -98,9 +113,9 @@ def cpu_pretrain_config(
         min_lr=lr,
         weight_decay=0.0,
         clip_grad=1.0,
-        bf16=on_gpu,
+        bf16=True,
         fp16=False,
-        params_dtype=torch.bfloat16 if on_gpu else torch.float32,
+        params_dtype=torch.bfloat16,
         use_distributed_optimizer=False,
     )
     cfg.scheduler = SchedulerConfig(lr_decay_style="constant", lr_warmup_iters=1, start_weight_decay=0.0)
@@ -116,36 +131,111 @@ def cpu_pretrain_config(
     cfg.checkpoint.save_interval = save_interval
     cfg.checkpoint.load = cfg.checkpoint.save
     cfg.rng.seed = seed
-    cfg.dist.distributed_backend = "nccl" if on_gpu else "gloo"
-    cfg.mixed_precision = "bf16_mixed" if on_gpu else None
+    cfg.mixed_precision = "bf16_mixed"
+    if not on_gpu:
+        adapt_to_cpu(cfg, CPU_TINY)
     return cfg
 
 
-# Cluster recipes (GPU: Transformer Engine spec, bf16, NCCL); each builds offline from Bridge's own recipe modules.
-CLUSTER_RECIPES = {
-    "vanilla_gpt": "megatron.bridge.recipes.gpt.h100.vanilla_gpt:vanilla_gpt_pretrain_1gpu_h100_bf16_config",
-    # The talk's hybrid Mamba-2 case (Nemotron-Nano-12B-v2); needs mamba-ssm, i.e. the NGC container on a GPU.
-    "nemotron_nano_12b_v2": (
-        "megatron.bridge.recipes.nemotronh.h100.nemotron_nano_v2:nemotron_nano_12b_v2_pretrain_4gpu_h100_bf16_config"
-    ),
-}
+def build_recipe(name: str, model_config: str = "auto", allow_hub: bool = True):
+    """Call the Bridge recipe ``name`` (not ``cpu_tiny``), its Hugging Face config served locally where possible.
+
+    ``allow_hub=False`` fails at once (:class:`ModelConfigError`) instead of letting the recipe try the Hub."""
+    from nemo_smartpt.bridge.hf_config import (
+        ModelConfigError,
+        missing_config_message,
+        offline_hub_cache,
+        recipe_hf_requests,
+        resolve_model_configs,
+    )
+
+    qualified, fn = resolve_recipe(name)
+    requests = recipe_hf_requests(fn)
+    local = resolve_model_configs(requests, model_config)
+    if local is None and requests and (_hub_offline() or not allow_hub):
+        raise ModelConfigError(missing_config_message(name, requests))  # fail now, not after the loader's retries
+    try:
+        if local:
+            for request, directory in local.items():
+                print(f"[smartpt] recipe {name}: Hugging Face config of {request.repo_id} from {directory}")
+            with offline_hub_cache(local):
+                cfg = fn()
+        else:
+            cfg = fn()
+    except (ValueError, OSError) as exc:
+        if "Failed to load configuration" in str(exc) or "couldn't connect" in str(exc):
+            raise ModelConfigError(missing_config_message(name, requests)) from None
+        raise
+    if local and model_config not in ("auto", "hub") and getattr(cfg.model, "hf_model_id", None):
+        # Later Bridge look-ups (HF export next to checkpoints) then use the same local directory.
+        cfg.model.hf_model_id = str(next(iter(local.values())))
+    return qualified, cfg
 
 
-def recipe_config(name: str, out_dir: str, vocab_size: int | None = None, seed: int = 1234):
-    """A Bridge cluster recipe by name, with our run directory, seed and (optionally) a NullTokenizer vocabulary."""
-    import importlib
+def recipe_config(
+    name: str,
+    out_dir: str,
+    vocab_size: int | None = None,
+    seed: int = 1234,
+    shrink: str = "none",
+    model_config: str = "auto",
+):
+    """A Bridge recipe by name for ``smartpt train``, with our run directory, seed and tokenizer vocabulary.
 
+    Args:
+        name: a recipe function exported by ``megatron.bridge.recipes``, ``module:function`` or a short alias.
+        out_dir: run directory (tensorboard under ``tb/``, checkpoints under ``checkpoints/``).
+        vocab_size: the NullTokenizer vocabulary (the byte tokenizer's) or None to keep the recipe's tokenizer.
+        seed: RNG seed.
+        shrink: ``none`` or ``tiny`` (:mod:`nemo_smartpt.bridge.shrink`).
+        model_config: where the recipe's Hugging Face config comes from (``auto``, ``hub`` or a directory).
+    """
     from megatron.bridge.training.config import TokenizerConfig
 
-    if name not in CLUSTER_RECIPES:
-        raise ValueError(f"unknown recipe {name!r} (known: cpu_tiny, {', '.join(CLUSTER_RECIPES)})")
-    if not torch.cuda.is_available():
-        raise RuntimeError(f"recipe {name!r} is a GPU recipe (bf16, Transformer Engine); on CPU use recipe=cpu_tiny")
-    module, function = CLUSTER_RECIPES[name].split(":")
-    cfg = getattr(importlib.import_module(module), function)()
+    from nemo_smartpt.bridge.cpu_config import adapt_to_cpu
+    from nemo_smartpt.bridge.shrink import SHRINK_LEVELS, ShrinkError, is_hybrid_mamba, shrink_recipe
+
+    if shrink not in SHRINK_LEVELS:
+        raise ShrinkError(f"shrink must be one of {', '.join(SHRINK_LEVELS)}, got {shrink!r}")
+    on_gpu = torch.cuda.is_available()
+    if on_gpu or shrink != "none":
+        _, cfg = build_recipe(name, model_config)
+    else:
+        # On CPU without shrink the answer is "add shrink=tiny" (or, for a hybrid Mamba recipe, "GPU only"): build
+        # the recipe only to tell the two apart, and never wait for the Hub for it.
+        try:
+            _, cfg = build_recipe(name, model_config, allow_hub=False)
+        except RecipeError:
+            raise
+        except Exception:
+            cfg = None
+    if not on_gpu and cfg is not None and is_hybrid_mamba(cfg.model):
+        raise ShrinkError(
+            f"recipe {name} builds a hybrid Mamba model ({type(cfg.model).__name__}): Mamba layers need mamba-ssm "
+            "kernels on a GPU, so it runs on a GPU node (NGC container) only"
+        )
+    if not on_gpu and shrink == "none":
+        raise RecipeError(
+            f"recipe {name} is a GPU recipe (full size, Transformer Engine, bf16) and this machine has no CUDA: "
+            "add shrink=tiny to train the same architecture at CPU size (or use recipe=cpu_tiny)"
+        )
+    if shrink == "tiny":
+        sizes = shrink_recipe(cfg, name)
+        print(f"[smartpt] shrink=tiny: {name} at {sizes}")
+    if not on_gpu:
+        adapt_to_cpu(cfg, name)
     cfg.logger.tensorboard_dir = os.path.join(out_dir, "tb")
     cfg.checkpoint.save = cfg.checkpoint.load = os.path.join(out_dir, "checkpoints")
     cfg.rng.seed = seed
     if vocab_size is not None:
         cfg.tokenizer = TokenizerConfig(tokenizer_type="NullTokenizer", vocab_size=vocab_size)
     return cfg
+
+
+def _hub_offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+__all__ = ["ALIASES", "CPU_TINY", "TinyModelConfig", "build_recipe", "cpu_pretrain_config", "recipe_config"]

@@ -65,7 +65,14 @@ class TrainRun:
                 None, str(self.out), model=TinyModelConfig(vocab_size=vocab), seed=cfg.seed, save_interval=None
             )
         else:
-            self.bridge = recipe_config(cfg.recipe, str(self.out), vocab_size=vocab, seed=cfg.seed)
+            self.bridge = recipe_config(
+                cfg.recipe,
+                str(self.out),
+                vocab_size=vocab,
+                seed=cfg.seed,
+                shrink=cfg.shrink,
+                model_config=cfg.model_config,
+            )
         if cfg.data.tokenizer != "byte":
             from megatron.bridge.training.config import TokenizerConfig
 

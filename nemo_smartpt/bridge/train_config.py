@@ -24,7 +24,7 @@ from nemo_smartpt.rlp.config import RLPConfig, RLPConfigError
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 ARMS = ("planned", "natural", "random_order")
 RLP_BASELINES = ("none", "token_matched", "flop_matched")
-RECIPES = ("cpu_tiny", "vanilla_gpt", "nemotron_nano_12b_v2")
+SHRINK_LEVELS = ("none", "tiny")
 
 
 @dataclass
@@ -89,8 +89,15 @@ class TrainConfig:
     experiment: str = ""
     """Preset name (``+experiment=NAME`` loads ``conf/experiment/NAME.yaml``)."""
     recipe: str = "cpu_tiny"
-    """Bridge recipe: ``cpu_tiny`` (tiny GPT; fp32 on CPU, bf16 on GPU), ``vanilla_gpt`` or
-    ``nemotron_nano_12b_v2`` (hybrid Mamba; GPU only)."""
+    """Bridge recipe: ``cpu_tiny`` (tiny GPT; fp32 on CPU, bf16 on GPU), any recipe function exported by
+    ``megatron.bridge.recipes`` (``llama32_1b_pretrain_1gpu_h100_bf16_config``, ...), ``module:function``, or the
+    short names ``vanilla_gpt`` and ``nemotron_nano_12b_v2`` (hybrid Mamba; GPU only)."""
+    shrink: str = "none"
+    """``tiny``: the recipe's architecture at CPU size (2 layers, width 128, same FFN/GQA/head ratios, RoPE, norms
+    and tying kept; seq 128, the tokenizer's vocabulary); needed for any recipe but ``cpu_tiny`` on a CPU."""
+    model_config: str = "auto"
+    """Where a recipe's Hugging Face model config comes from: ``auto`` (the HF cache, else the copy under
+    ``conf/hf/``), ``hub``, or a local directory holding the model's ``config.json`` (offline clusters)."""
     out_dir: str = "runs/train"
     """Run directory: plan, checkpoints, tensorboard, metrics.jsonl, eval.json."""
     seed: int = 1234
@@ -101,7 +108,7 @@ class TrainConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
-OURS = {"experiment", "recipe", "out_dir", "seed", "data", "schedule", "rlp", "eval"}
+OURS = {"experiment", "recipe", "shrink", "model_config", "out_dir", "seed", "data", "schedule", "rlp", "eval"}
 
 
 def flatten(tree: dict, prefix: str = "") -> list[str]:
@@ -178,8 +185,8 @@ def check_train_config(cfg: TrainConfig) -> None:
         raise OverrideError(
             f"schedule.rlp_baseline must be one of {', '.join(RLP_BASELINES)}, got {cfg.schedule.rlp_baseline!r}"
         )
-    if cfg.recipe not in RECIPES:
-        raise OverrideError(f"recipe must be one of {', '.join(RECIPES)}, got {cfg.recipe!r}")
+    if cfg.shrink not in SHRINK_LEVELS:
+        raise OverrideError(f"shrink must be one of {', '.join(SHRINK_LEVELS)}, got {cfg.shrink!r}")
     if cfg.schedule.rlp_steps < 0:
         raise OverrideError(f"schedule.rlp_steps must be >= 0, got {cfg.schedule.rlp_steps}")
     try:
