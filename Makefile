@@ -47,8 +47,9 @@ bench: venv
 # Re-resolve the lock from requirements/top-level.txt (needs the package index).
 lock:
 	rm -rf /tmp/smartpt-lock && $(PYTHON) -m venv /tmp/smartpt-lock
-	/tmp/smartpt-lock/bin/pip install -r <(grep -v -e '^megatron-core' -e '^megatron-bridge' -e '^nvidia-modelopt' requirements/top-level.txt)
+	/tmp/smartpt-lock/bin/pip install -r <(grep -v -e '^megatron-core' -e '^megatron-bridge' -e '^nvidia-modelopt' -e '^nemo-run' requirements/top-level.txt)
 	/tmp/smartpt-lock/bin/pip install --no-deps megatron-core==0.19.2 megatron-bridge==0.6.2 nvidia-modelopt==0.47.0
+	/tmp/smartpt-lock/bin/pip install --no-deps -r requirements/nemo-run.txt
 	{ awk '/^#/{print; next} {exit}' requirements/pins.txt; /tmp/smartpt-lock/bin/pip freeze; } > requirements/pins.new && mv requirements/pins.new requirements/pins.txt
 
 clean-venv:

@@ -12,8 +12,10 @@ Usage::
     python benchmarks/bench_phased_dataset.py                  # 10M samples of 64 tokens (the default)
     python benchmarks/bench_phased_dataset.py --samples 200000 --fetch 20000   # quick
     SMARTPT_BENCH_SAMPLES=1000000 python benchmarks/bench_phased_dataset.py
+    python benchmarks/bench_phased_dataset.py --index-check 10000000   # .idx validation cost, 10M documents
 
-Goal (issue 3): build <= 1.2x and fetch <= 1.1x of plain megatron-core.
+Goal (issue 3): build <= 1.2x and fetch <= 1.1x of plain megatron-core. Goal (issue 12): validating a
+10-million-document ``.idx`` (what ``smartpt plan`` does for every prefix) takes under one second.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import argparse
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import time
 import tracemalloc
@@ -124,6 +127,42 @@ def fetch_times(datasets, indices: np.ndarray, block: int = 5000) -> list[float]
     return [t / len(indices) for t in totals]
 
 
+def write_index(prefix: str, documents: int) -> None:
+    """A valid ``.idx`` of ``documents`` one-sequence documents (1-2048 uint16 tokens) written with numpy in megatron-core's
+    layout, and a sparse ``.bin`` of the matching size (validation reads only the index and the ``.bin``'s size)."""
+    from nemo_smartpt.blend.index_check import HEADER, INDEX_MAGIC
+
+    lengths = np.random.default_rng(0).integers(1, 2049, size=documents, dtype=np.int32)
+    pointers = np.zeros(documents, dtype=np.int64)
+    np.cumsum(lengths[:-1].astype(np.int64) * 2, out=pointers[1:])
+    with open(prefix + ".idx", "wb") as f:
+        f.write(HEADER.pack(INDEX_MAGIC, 1, 8, documents, documents + 1))  # dtype code 8 = uint16
+        f.write(lengths.tobytes())
+        f.write(pointers.tobytes())
+        f.write(np.arange(documents + 1, dtype=np.int64).tobytes())
+    with open(prefix + ".bin", "wb") as f:
+        f.truncate(int(pointers[-1]) + 2 * int(lengths[-1]))
+
+
+def bench_index_check(root: str, documents: int, repeats: int) -> None:
+    from nemo_smartpt.blend.index_check import validate_index
+
+    prefix = os.path.join(root, "big")
+    write_index(prefix, documents)
+    times, cpu = [], []
+    for _ in range(max(repeats, 3)):
+        t, c = time.perf_counter(), time.process_time()
+        summary = validate_index(prefix)
+        times.append(time.perf_counter() - t)
+        cpu.append(time.process_time() - c)
+    size = os.path.getsize(prefix + ".idx") / 2**20
+    # CPU time too: on a shared machine the wall clock also counts other processes' turns
+    print(
+        f"index check: {summary.documents:,} documents, {size:.0f} MiB .idx: wall best {min(times):.3f} s, "
+        f"worst {max(times):.3f} s; CPU best {min(cpu):.3f} s over {len(times)} runs (goal < 1 s)"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=int(os.environ.get("SMARTPT_BENCH_SAMPLES", 10_000_000)))
@@ -131,11 +170,17 @@ def main() -> None:
     parser.add_argument("--fetch", type=int, default=200_000, help="samples per fetch pattern")
     parser.add_argument("--repeats", type=int, default=2, help="cold builds per dataset (best is reported)")
     parser.add_argument("--dir", default=None, help="work directory (default: a temporary one, removed after)")
+    parser.add_argument("--index-check", type=int, default=0, metavar="N", help="only time .idx validation of N docs")
     args = parser.parse_args()
     logging.disable(logging.WARNING)  # megatron-core logs every index it builds
+    if args.dir is not None and not os.path.isdir(args.dir):
+        sys.exit(f"bench_phased_dataset.py: error: --dir {args.dir}: no such directory (create it or omit --dir)")
 
     root = args.dir or tempfile.mkdtemp(prefix="bench_phased_")
     try:
+        if args.index_check:
+            bench_index_check(root, args.index_check, args.repeats)
+            return
         t = time.perf_counter()
         sources = write_sources(root, args.samples * args.seq_length)
         print(f"wrote {len(sources)} sources in {time.perf_counter() - t:.1f}s under {root}")

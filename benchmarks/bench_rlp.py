@@ -61,7 +61,7 @@ def _rlp_step(model, preparer, tokens, cfg, step):
     from nemo_smartpt.rlp.megatron.step import rlp_forward, rlp_loss_func
 
     batch = preparer.prepare(tokens, model, step=step)
-    loss, count, _ = rlp_loss_func(cfg, batch, rlp_forward(batch, model))
+    loss, count, _ = rlp_loss_func(cfg, batch, rlp_forward(batch, model, cfg))
     (loss / count.clamp(min=1)).backward()
     model.zero_grad(set_to_none=True)
     return int(batch["num_groups"])

@@ -1,21 +1,27 @@
-"""GPU check of the Megatron RLP step, for a lent H100 (one GPU, NCCL world of 1, local layer spec, bf16).
+"""GPU check of the Megatron RLP step, for a lent H100/H200 (one GPU, NCCL world of 1, bf16), in one JSON object.
 
-Checks, each printed as ``[ok]``/``[fail]``/``[skip]`` with numbers:
+The model is a Llama-family decoder (RoPE, GQA, SwiGLU, RMSNorm, untied output layer) built from megatron-core's
+Transformer Engine spec when TE imports (the local spec otherwise): on a GPU the 1B shape (Llama 3.2 1B: width 2048,
+16 layers, 32 heads / 8 KV heads, FFN 8192) with a 128K vocabulary (131,072), G = 16 and 1024-token thoughts and
+contexts. Checks (each also printed as ``[ok]``/``[fail]``/``[skip]`` on stderr):
 
-1. KV-cache greedy generation equals re-encoding, token for token (fp32 weights: bf16 kernels may break exact ties).
-2. megatron-core's dynamic inference engine (flash-attn paged kernels, prefix caching) against our KV-cache sampler
-   in bf16: greedy token agreement, and sampled generation time of the same groups with each, as a ratio, with the
-   prompt tokens the prefix cache served.
-3. One RLP step in bf16 with each generation engine (positions, G rollouts, EMA baseline, training forward +
-   backward): time split (generation / baseline / training), tokens/s, and the step time per document vs a
-   next-token step on the same samples (the paper reports 0.44x on its HF stack).
-4. A hybrid Mamba model (megatron-core ``HybridModel`` + ``hybrid_stack_spec``) when ``mamba_ssm`` and Transformer
-   Engine import: RLP preparation through the dynamic engine (which holds the Mamba states per request; our KV-cache
-   sampler caches attention only) and a loss backward through the hybrid stack.
+1. ``kv_equality``: KV-cache greedy generation equals re-encoding, token for token (fp32 weights: bf16 kernels may
+   break exact ties).
+2. ``dynamic_engine``: megatron-core's dynamic inference engine (flash-attn paged kernels, prefix caching) against our
+   KV-cache sampler in bf16: greedy token agreement, and sampled generation time of the same groups, as a ratio.
+3. ``step_kv_cache`` / ``step_dynamic``: one RLP step (positions, G rollouts, EMA baseline, training forward +
+   backward) with each generation engine: time split, tokens/s, and the sample throughput vs a next-token step on the
+   same samples (the paper's stack: 0.44x; our goal: at least 0.6x).
+4. ``memory``: peak GPU memory of the RLP training forward + backward at G = 16 rows of ``context + thought`` tokens
+   against :func:`nemo_smartpt.rlp.memory.step_memory`'s estimate of the same micro-batch (activations, gathered
+   hidden states, one logits chunk), and the same for a next-token step on the same tokens (full logits).
+5. ``shared_prefix``: the training forward + backward time with ``rlp.shared_prefix_forward`` on vs off, when this
+   build has that setting (skipped otherwise).
+6. ``hybrid``: a hybrid Mamba model (megatron-core ``HybridModel``) when ``mamba_ssm`` and TE import.
 
 Usage (copy the repo with megatron-core / megatron-bridge wheels on the GPU machine)::
 
-    python benchmarks/gpu_check_rlp.py                 # on a CUDA machine
+    python benchmarks/gpu_check_rlp.py                 # on a CUDA machine; prints one JSON object on stdout
     python benchmarks/gpu_check_rlp.py --dry-run       # anywhere: the same checks at toy size (CPU shims if no CUDA;
                                                        # the engine then runs on reference paged-attention kernels)
 
@@ -26,16 +32,24 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import importlib.util
+import json
 import os
+import sys
 import time
 import traceback
 
 import torch
 
+RESULTS: dict = {}
 
-def _report(status: str, name: str, detail: str = "") -> None:
-    print(f"[{status}] {name}{': ' + detail if detail else ''}", flush=True)
+
+def _report(status: str, name: str, detail: str = "", key: str | None = None, **numbers) -> None:
+    """One check's line on stderr, and its status and numbers in the JSON object printed at the end."""
+    print(f"[{status}] {name}{': ' + detail if detail else ''}", file=sys.stderr, flush=True)
+    entry = RESULTS.setdefault(key or name, {})
+    entry.update({"status": status, "name": name, **({"detail": detail} if detail else {}), **numbers})
 
 
 def _init(seed: int):
@@ -46,8 +60,8 @@ def _init(seed: int):
         from nemo_smartpt.runtime import apply_cpu_runtime
 
         apply_cpu_runtime()
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", str(free_port()))
+    # One process, always: a port inherited from the caller's environment may be held by the caller's own group.
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
     torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo", rank=0, world_size=1)
     if torch.cuda.is_available():
         torch.cuda.set_device(0)
@@ -55,7 +69,11 @@ def _init(seed: int):
 
 
 def _gpt(sizes, dtype):
-    from nemo_smartpt.testing.megatron import TinyGPTSpec, build_tiny_gpt, transformer_config
+    """A Llama-family decoder: RoPE, GQA, SwiGLU, RMSNorm, untied output layer (TE spec when TE imports)."""
+    import torch.nn.functional as F
+    from megatron.core.models.gpt import GPTModel
+
+    from nemo_smartpt.testing.megatron import TinyGPTSpec, transformer_config
 
     spec = TinyGPTSpec(
         num_layers=sizes["layers"],
@@ -63,13 +81,41 @@ def _gpt(sizes, dtype):
         num_attention_heads=sizes["heads"],
         vocab_size=sizes["vocab"],
         seq_length=sizes["max_len"],
+        ffn_hidden_size=sizes["ffn"],
     )
     on_gpu = torch.cuda.is_available()
     config = transformer_config(
-        spec, params_dtype=dtype, pipeline_dtype=dtype, bf16=dtype == torch.bfloat16, use_cpu_initialization=not on_gpu
+        spec,
+        params_dtype=dtype,
+        pipeline_dtype=dtype,
+        bf16=dtype == torch.bfloat16,
+        use_cpu_initialization=not on_gpu,
+        num_query_groups=sizes["kv_heads"],
+        normalization="RMSNorm",
+        gated_linear_unit=True,
+        activation_func=F.silu,
+        add_bias_linear=False,
     )
-    model = build_tiny_gpt(spec, config=config)
+    layer_spec = _layer_spec()
+    model = GPTModel(
+        config=config,
+        transformer_layer_spec=layer_spec,
+        vocab_size=spec.vocab_size,
+        max_sequence_length=spec.seq_length,
+        position_embedding_type="rope",
+        share_embeddings_and_output_weights=False,
+    )
     return model.cuda() if on_gpu else model
+
+
+def _layer_spec():
+    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+
+    if torch.cuda.is_available() and importlib.util.find_spec("transformer_engine") is not None:
+        from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_with_transformer_engine_spec
+
+        return get_gpt_layer_with_transformer_engine_spec()
+    return get_gpt_layer_local_spec(normalization="RMSNorm")
 
 
 def _device() -> str:
@@ -90,7 +136,9 @@ def check_kv_equality(sizes) -> None:
     cached = KVCacheSampler(**kw).generate_groups(model, prompts, 4)
     naive = NoCacheSampler(**kw).generate_groups(model, prompts, 4)
     same = all(a.thoughts == b.thoughts for a, b in zip(cached, naive))
-    _report("ok" if same else "fail", "KV-cache greedy == re-encoding", f"{len(prompts)} groups x 4")
+    _report(
+        "ok" if same else "fail", "KV-cache greedy == re-encoding", f"{len(prompts)} groups x 4", key="kv_equality"
+    )
 
 
 def check_step(sizes, repeats: int, engine: str) -> None:
@@ -115,11 +163,12 @@ def check_step(sizes, repeats: int, engine: str) -> None:
     ).validate()
     prep = RLPPreparer(cfg, layout, eod_id=v - 1, ema=ParamEMA(cfg.ema_decay))
     tokens = torch.randint(0, v - 4, (sizes["samples"], sizes["seq"]))
-    tokens[:, sizes["seq"] // 2] = v - 1  # two documents per sample
+    for k in range(1, sizes["docs"]):
+        tokens[:, k * sizes["seq"] // sizes["docs"]] = v - 1  # documents per sample
 
     def rlp_step(step):
         batch = prep.prepare(tokens, model, step=step)
-        loss, count, _ = rlp_loss_func(cfg, batch, rlp_forward(batch, model))
+        loss, count, _ = rlp_loss_func(cfg, batch, rlp_forward(batch, model, cfg))
         (loss / count.clamp(min=1)).backward()
         model.zero_grad(set_to_none=True)
         _sync()
@@ -148,14 +197,22 @@ def check_step(sizes, repeats: int, engine: str) -> None:
     _report(
         "ok",
         f"RLP step ({engine})",
-        f"{t_rlp * 1e3:.0f} ms/step ({groups / repeats:.0f} positions x G={cfg.num_rollouts}); generation "
+        key=f"step_{engine}",
+        step_ms=t_rlp * 1e3,
+        generation_ms=s.generation_s / repeats * 1e3,
+        training_ms=train_s / repeats * 1e3,
+        detail=f"{t_rlp * 1e3:.0f} ms/step ({groups / repeats:.0f} positions x G={cfg.num_rollouts}); generation "
         f"{s.generation_s / repeats * 1e3:.0f} ms ({s.generated_tokens / max(s.generation_s, 1e-9):.0f} tok/s), "
         f"baseline {s.baseline_s / repeats * 1e3:.0f} ms, training {train_s / repeats * 1e3:.0f} ms "
         f"({s.scoring_tokens / max(train_s, 1e-9):.0f} tok/s)",
     )
     ratio = (t_ntp / docs) / (t_rlp / (groups / repeats))
     _report(
-        "ok", f"RLP vs NTP sample throughput ({engine})", f"{ratio:.3f}x (NTP {t_ntp * 1e3:.0f} ms/step; paper 0.44x)"
+        "ok",
+        f"RLP vs NTP sample throughput ({engine})",
+        f"{ratio:.3f}x (NTP {t_ntp * 1e3:.0f} ms/step; paper 0.44x, goal >= 0.6x)",
+        key=f"step_{engine}",
+        rlp_vs_ntp_sample_throughput=ratio,
     )
 
 
@@ -173,7 +230,7 @@ def check_dynamic_engine(sizes) -> None:
         from nemo_smartpt.rlp.megatron.dynamic_rollout import DynamicEngineSampler
         from nemo_smartpt.rlp.megatron.rollout import KVCacheSampler, RolloutCounters
     except Exception as exc:  # import errors of optional GPU deps surface as many exception types
-        _report("skip", "dynamic inference engine", f"not importable: {exc!r}"[:200])
+        _report("skip", "dynamic inference engine", f"not importable: {exc!r}"[:200], key="dynamic_engine")
         return
     dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
     model = _gpt(sizes, dtype)
@@ -190,7 +247,13 @@ def check_dynamic_engine(sizes) -> None:
     agree = sum(a == b for a, b in pairs) / max(len(pairs), 1)
     first = all(ga.thoughts[i][:1] == gb.thoughts[i][:1] for ga, gb in zip(dyn, ref) for i in range(G))
     # bf16 kernels differ (flash-attn paged vs our static-cache attention): near-ties may flip later tokens.
-    _report("ok" if first and agree >= 0.8 else "fail", "dynamic engine greedy vs KV cache", f"{agree:.3f} agree")
+    _report(
+        "ok" if first and agree >= 0.8 else "fail",
+        "dynamic engine greedy vs KV cache",
+        f"{agree:.3f} agree",
+        key="dynamic_engine",
+        greedy_agreement=agree,
+    )
 
     def timed(sampler):
         sampler.generate_groups(model, prompts, G, torch.Generator(device=_device()).manual_seed(0))  # warm-up
@@ -207,9 +270,146 @@ def check_dynamic_engine(sizes) -> None:
     _report(
         "ok",
         "dynamic engine vs KV-cache sampler (sampled)",
-        f"speed-up {t_kv / t_dyn:.2f}x (KV-cache time / engine time: {t_kv * 1e3:.0f} / {t_dyn * 1e3:.0f} ms per "
+        key="dynamic_engine",
+        engine_speedup=t_kv / t_dyn,
+        engine_tokens_per_s=n_dyn / t_dyn,
+        kv_cache_tokens_per_s=n_kv / t_kv,
+        detail=f"speed-up {t_kv / t_dyn:.2f}x (KV-cache time / engine time: {t_kv * 1e3:.0f} / {t_dyn * 1e3:.0f} ms per "
         f"batch; {n_kv / t_kv:.0f} vs {n_dyn / t_dyn:.0f} tok/s; the prefix cache served "
         f"{c_dyn.prefix_cached_tokens // 2} prompt tokens per batch)",
+    )
+
+
+def _scoring_batch(sizes, device):
+    """One prepared micro-batch of G rows ``<think> thought </think> x_t`` after a context (random tokens)."""
+    from nemo_smartpt.rlp.prompt import ThoughtLayout, build_scoring_group, stack_groups
+
+    v, G = sizes["vocab"], sizes["G"]
+    layout = ThoughtLayout(prompt_ids=(), think_open_ids=(v - 3,), think_close_ids=(v - 2,), pad_id=0)
+    gen = torch.Generator().manual_seed(0)
+    ctx = torch.randint(0, v - 4, (sizes["context"],), generator=gen).tolist()
+    thoughts = [torch.randint(0, v - 4, (sizes["thought"],), generator=gen).tolist() for _ in range(G)]
+    st = stack_groups([build_scoring_group(layout, ctx, thoughts, 7, sizes["thought"] + 1)])
+    N, L = G, st["input_ids_BGL"].shape[-1]
+    batch = {
+        "input_ids_NL": st["input_ids_BGL"].reshape(N, L),
+        "labels_NL": st["labels_BGL"].reshape(N, L),
+        "thought_mask_NL": st["thought_mask_BGL"].reshape(N, L),
+        "rollout_logp_NL": torch.zeros(N, L),
+        "predict_index_N": st["predict_index_BG"].reshape(N),
+        "valid_N": st["valid_BG"].reshape(N),
+        "truncated_N": st["truncated_BG"].reshape(N),
+        "thought_len_N": st["thought_len_BG"].reshape(N),
+        "s_ema_B": torch.zeros(1),
+        "has_s_ema": torch.tensor(True),
+        "num_groups": torch.tensor(1),
+        "ntp_loss_mask_NL": torch.zeros(N, L),
+        "position_ids_NL": torch.arange(L).expand(N, L),
+    }
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def _peak_bytes(fn) -> float | None:
+    """Peak GPU memory allocated by ``fn`` above what was allocated before it (None on CPU: no allocator stats)."""
+    if not torch.cuda.is_available():
+        fn()
+        return None
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    fn()
+    torch.cuda.synchronize()
+    return float(torch.cuda.max_memory_allocated() - base)
+
+
+def check_memory(sizes) -> None:
+    from nemo_smartpt.rlp import RLPConfig
+    from nemo_smartpt.rlp.megatron.logprobs import causal_mask
+    from nemo_smartpt.rlp.megatron.step import rlp_forward, rlp_loss_func
+    from nemo_smartpt.rlp.memory import DecoderShape, StepShape, step_memory
+
+    on_gpu = torch.cuda.is_available()
+    model = _gpt(sizes, torch.bfloat16 if on_gpu else torch.float32)
+    device = next(model.parameters()).device
+    batch = _scoring_batch(sizes, device)
+    cfg = RLPConfig(num_rollouts=sizes["G"], logits_chunk_tokens=sizes["chunk"]).validate()
+    N, L = batch["input_ids_NL"].shape
+
+    def rlp():
+        rlp_loss_func(cfg, batch, rlp_forward(batch, model, cfg))[0].backward()
+
+    def ntp():
+        model(
+            batch["input_ids_NL"], batch["position_ids_NL"], causal_mask(L, device), labels=batch["labels_NL"]
+        ).sum().backward()
+
+    params = sum(p.numel() for p in model.parameters())
+    measured = {}
+    for name, fn in (("rlp", rlp), ("ntp", ntp)):
+        model.zero_grad(set_to_none=True)
+        measured[name] = _peak_bytes(fn)
+    model.zero_grad(set_to_none=True)
+    shape = DecoderShape(
+        "check", sizes["hidden"], sizes["layers"], sizes["ffn"], sizes["heads"], sizes["kv_heads"], sizes["vocab"]
+    )
+    step = StepShape(
+        rollouts=sizes["G"], context=sizes["context"], thought=sizes["thought"], logits_chunk=sizes["chunk"]
+    )
+    est = step_memory(shape, step, tp=1, recompute=False)
+    grads_gb = 2.0 * params / 1e9  # the bf16 .grad tensors backward allocates (no DDP buffers in this check)
+    est_rlp, est_ntp = est["rlp training GB"] + grads_gb, est["ntp training GB"] + grads_gb
+    if measured["rlp"] is None:
+        _report("ok", "RLP step peak memory", f"cpu dry run ({N}x{L} tokens): code path only", key="memory")
+        return
+    rlp_gb, ntp_gb = measured["rlp"] / 1e9, measured["ntp"] / 1e9
+    _report(
+        "ok",
+        "RLP step peak memory",
+        f"RLP {rlp_gb:.1f} GB (estimate {est_rlp:.1f}), NTP on the same {N * L} tokens {ntp_gb:.1f} GB "
+        f"(estimate {est_ntp:.1f}); RLP / NTP {rlp_gb / ntp_gb:.2f}",
+        key="memory",
+        rlp_peak_gb=rlp_gb,
+        rlp_estimate_gb=est_rlp,
+        ntp_peak_gb=ntp_gb,
+        ntp_estimate_gb=est_ntp,
+        rlp_over_ntp=rlp_gb / ntp_gb,
+        tokens=N * L,
+    )
+
+
+def check_shared_prefix(sizes, repeats: int) -> None:
+    from nemo_smartpt.rlp import RLPConfig
+    from nemo_smartpt.rlp.megatron.step import rlp_forward, rlp_loss_func
+
+    if "shared_prefix_forward" not in {f.name for f in dataclasses.fields(RLPConfig)}:
+        _report(
+            "skip",
+            "shared-prefix training forward",
+            "rlp.shared_prefix_forward is not in this build",
+            key="shared_prefix",
+        )
+        return
+    on_gpu = torch.cuda.is_available()
+    model = _gpt(sizes, torch.bfloat16 if on_gpu else torch.float32)
+    batch = _scoring_batch(sizes, next(model.parameters()).device)
+    times = {}
+    for shared in (False, True):
+        cfg = RLPConfig(num_rollouts=sizes["G"], logits_chunk_tokens=sizes["chunk"], shared_prefix_forward=shared)
+        for k in range(repeats + 1):  # the first is a warm-up
+            _sync()
+            t0 = time.perf_counter()
+            rlp_loss_func(cfg, batch, rlp_forward(batch, model, cfg))[0].backward()
+            model.zero_grad(set_to_none=True)
+            _sync()
+            if k:
+                times[shared] = times.get(shared, 0.0) + (time.perf_counter() - t0) / repeats
+    speedup = times[False] / times[True]
+    _report(
+        "ok",
+        "shared-prefix training forward",
+        f"{speedup:.2f}x (per-row {times[False] * 1e3:.0f} ms, shared {times[True] * 1e3:.0f} ms; goal >= 1.5x)",
+        key="shared_prefix",
+        speedup=speedup,
     )
 
 
@@ -219,7 +419,7 @@ def check_hybrid(sizes) -> None:
         from megatron.core.models.hybrid.hybrid_layer_specs import hybrid_stack_spec
         from megatron.core.models.hybrid.hybrid_model import HybridModel
     except Exception as exc:
-        _report("skip", "hybrid Mamba model", f"needs mamba_ssm and Transformer Engine: {exc!r}"[:200])
+        _report("skip", "hybrid Mamba model", f"needs mamba_ssm and Transformer Engine: {exc!r}"[:200], key="hybrid")
         return
     from nemo_smartpt.rlp import ParamEMA, RLPConfig, ThoughtLayout
     from nemo_smartpt.rlp.megatron.prepare import RLPPreparer
@@ -245,7 +445,7 @@ def check_hybrid(sizes) -> None:
         prep.sampler = NoCacheSampler(cfg.max_thought_tokens, layout.think_close_ids, cfg.temperature)
     t0 = time.perf_counter()
     batch = prep.prepare(torch.randint(0, v - 4, (1, 128)), model, step=0)
-    loss, count, metrics = rlp_loss_func(cfg, batch, rlp_forward(batch, model))
+    loss, count, metrics = rlp_loss_func(cfg, batch, rlp_forward(batch, model, cfg))
     loss.backward()
     torch.cuda.synchronize()
     ok = torch.isfinite(loss) and all(torch.isfinite(m).all() for m in metrics.values())
@@ -253,7 +453,7 @@ def check_hybrid(sizes) -> None:
         f"{(time.perf_counter() - t0) * 1e3:.0f} ms, G=4, prefix cache served {prep.counters.prefix_cached_tokens}"
     )
     label = "dynamic engine" if engine == "dynamic" else "re-encoding sampler: no flash-attn"
-    _report("ok" if ok else "fail", f"hybrid Mamba RLP step ({label})", detail)
+    _report("ok" if ok else "fail", f"hybrid Mamba RLP step ({label})", detail, key="hybrid")
 
 
 def main(argv=None) -> int:
@@ -264,12 +464,44 @@ def main(argv=None) -> int:
     if not torch.cuda.is_available() and not args.dry_run:
         print("no CUDA device: would run KV equality, a bf16 RLP step, engine and hybrid checks. Use --dry-run.")
         return 0
-    big = dict(layers=12, hidden=1024, heads=16, vocab=32000, seq=1024, samples=4, G=16, thought=256, context=512)
-    toy = dict(layers=2, hidden=64, heads=4, vocab=256, seq=128, samples=2, G=4, thought=8, context=32)
+    # The 1B Llama shape at the paper's G and half its lengths (1024-token thoughts and contexts), 128K vocabulary.
+    big = dict(
+        layers=16,
+        hidden=2048,
+        heads=32,
+        kv_heads=8,
+        ffn=8192,
+        vocab=131072,
+        seq=1100,
+        samples=1,
+        docs=1,
+        G=16,
+        thought=1024,
+        context=1024,
+        chunk=1024,
+    )
+    toy = dict(
+        layers=2,
+        hidden=64,
+        heads=4,
+        kv_heads=2,
+        ffn=128,
+        vocab=256,
+        seq=128,
+        samples=2,
+        docs=2,
+        G=4,
+        thought=8,
+        context=32,
+        chunk=16,
+    )
     sizes = toy if args.dry_run else big
     sizes["max_len"] = sizes["seq"] + sizes["thought"] + sizes["context"] + 8
     _init(seed=1)
-    _report("ok", "device", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu (dry run)")
+    _report(
+        "ok", "device", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu (dry run)", key="device"
+    )
+    RESULTS["sizes"] = dict(sizes)
     kernels = contextlib.ExitStack()
     if not torch.cuda.is_available():
         from nemo_smartpt.testing.paged_attention import install_reference_paged_attention
@@ -282,25 +514,28 @@ def main(argv=None) -> int:
         ("dynamic engine", lambda: check_dynamic_engine(sizes)),
         ("RLP step (kv_cache)", lambda: check_step(sizes, args.repeats, "kv_cache")),
         ("RLP step (dynamic)", lambda: check_step(sizes, args.repeats, "dynamic")),
+        ("RLP step peak memory", lambda: check_memory(sizes)),
+        ("shared-prefix training forward", lambda: check_shared_prefix(sizes, args.repeats)),
     ]
     for name, check in checks:
         if "dynamic" in name and not engine_ready:
-            _report("skip", name, "flash-attn is not installed (the dynamic engine's kernels)")
+            _report("skip", name, "flash-attn is not installed (the dynamic engine's kernels)", key=name)
             continue
         try:
             check()
         except Exception as exc:  # report and go on: one lent GPU run should say as much as it can
             traceback.print_exc()
-            _report("fail", name, repr(exc)[:300])
+            _report("fail", name, repr(exc)[:300], key=name)
     if torch.cuda.is_available():
         try:
             check_hybrid(sizes)
         except Exception as exc:
-            _report("fail", "hybrid Mamba RLP step", repr(exc)[:300])
+            _report("fail", "hybrid Mamba RLP step", repr(exc)[:300], key="hybrid")
     else:
-        _report("skip", "hybrid Mamba model", "needs CUDA")
+        _report("skip", "hybrid Mamba model", "needs CUDA", key="hybrid")
     kernels.close()
     torch.distributed.destroy_process_group()
+    print(json.dumps(RESULTS), flush=True)
     return 0
 
 

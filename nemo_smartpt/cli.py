@@ -30,6 +30,11 @@ COMMANDS: dict[str, Command] = {
         "read a source catalog and write a quality/epoch-aware multi-phase blend plan (JSON, table, PNG)",
         3,
     ),
+    "catalog": Command(
+        "nemo_smartpt.blend.catalog_cli",
+        "write catalog.yaml from quality-labelled datasets (prepare group_by=FIELD; Curator / Nemotron-CC labels)",
+        12,
+    ),
     "train": Command(
         "nemo_smartpt.bridge.train_cli",
         "compose a Megatron-Bridge recipe + preset + overrides and run pretrain()",
@@ -72,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     if command is None:
         print(f"smartpt: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         return 2
+    from nemo_smartpt.bridge.console import install_console_filters
+
+    install_console_filters()  # before any command imports megatron.bridge (logging only; no Megatron import here)
     try:
         module = importlib.import_module(command.module)
     except ModuleNotFoundError as exc:

@@ -22,7 +22,7 @@ from typing import Any
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
 from hydra.errors import OverrideParseException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 
@@ -121,6 +121,8 @@ def build_config[T](schema: type[T], overrides: list[str], base: dict[str, Any] 
 def _siblings(cfg: DictConfig, key: str) -> list[str]:
     parent = key.rpartition(".")[0]
     node = OmegaConf.select(cfg, parent) if parent else cfg
+    if isinstance(node, ListConfig):
+        return [f"{i} (of {len(node)} entries)" for i in range(len(node))]
     return sorted(str(k) for k in node.keys()) if isinstance(node, DictConfig) else []
 
 
@@ -128,6 +130,9 @@ def _has_key(cfg: DictConfig, key: str) -> bool:
     """Whether ``key`` (dotted) exists, also when its value is MISSING (``???``), which ``select`` hides."""
     node = cfg
     for part in key.split("."):
+        if isinstance(node, ListConfig) and part.isdigit() and int(part) < len(node):
+            node = node._get_node(int(part))  # list entries: phases.1.crawl_tiers
+            continue
         if not isinstance(node, DictConfig) or part not in node.keys():
             return False
         node = node._get_node(part)

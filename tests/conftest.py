@@ -7,6 +7,7 @@ real megatron-core / megatron-bridge code the way a CPU user of the package woul
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 import torch
@@ -26,6 +27,28 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+# Variables a test's process leaves behind that would change what the next test (or a CLI subprocess it starts) does:
+# megatron's attention-backend flags, and the rendezvous that an in-process pretrain() fills in for a world of one.
+_PROCESS_STATE_ENV = re.compile(r"NVTE_.*|MASTER_ADDR|MASTER_PORT|RANK|LOCAL_RANK|WORLD_SIZE|LOCAL_WORLD_SIZE")
+
+
+@pytest.fixture(autouse=True)
+def isolated_process_env():
+    """Each test starts from the environment it was given.
+
+    - Megatron's model constructor writes the attention backend into ``NVTE_*`` variables and asserts that later
+      models agree (``LanguageModule._set_attention_backend``): a tiny ``auto`` GPT in one test broke every later
+      ``local`` one (``adapt_to_cpu``), in this process and in the CLI subprocesses that inherited the variables.
+    - An in-process ``pretrain()`` sets ``MASTER_PORT``/``WORLD_SIZE`` for its world of one; a later subprocess that
+      inherits them rendezvouses on that port instead of a free one, and fails with ``EADDRINUSE`` if it is taken.
+    """
+    saved = {key: value for key, value in os.environ.items() if _PROCESS_STATE_ENV.fullmatch(key)}
+    yield
+    for key in [key for key in os.environ if _PROCESS_STATE_ENV.fullmatch(key)]:
+        del os.environ[key]
+    os.environ.update(saved)
 
 
 @pytest.fixture
@@ -61,3 +84,13 @@ def tiny_gpt(single_process_group):
     from nemo_smartpt.testing.megatron import TinyGPTSpec, build_tiny_gpt
 
     return build_tiny_gpt(TinyGPTSpec(vocab_size=TINY_VOCAB))
+
+
+@pytest.fixture(scope="session")
+def bundled_data(tmp_path_factory):
+    """The bundled corpus, prepared into indexed datasets once per test session (``data.bundled_dir=`` of a run)."""
+    from nemo_smartpt.bundled.build import ensure_bundled_catalog
+
+    directory = tmp_path_factory.mktemp("bundled_data")
+    ensure_bundled_catalog(directory)
+    return str(directory)

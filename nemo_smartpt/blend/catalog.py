@@ -20,20 +20,23 @@ A catalog is a YAML file with a ``sources:`` list and two optional tables::
         target_share: 0.2                                 # pinned: exactly 20% of every phase it is in
         phases: [phase2]                                  # default: every phase
 
-Token and document counts are never typed by hand: they are read from each prefix's ``.idx`` file (megatron-core's
-``IndexedDataset``), so a catalog always describes the data on disk. Relative prefixes resolve against the directory
-of the catalog file. Only :func:`load_catalog` touches Megatron (imported lazily), so the planner and the CLI's
-``--help`` stay import-light.
+Token and document counts are never typed by hand: they are read from each prefix's ``.idx`` file, which is validated
+in full first (:mod:`nemo_smartpt.blend.index_check`), so a catalog always describes the data on disk and a corrupt
+index fails at plan time, naming the file. The counts are those of the *train split* the dataset reads (megatron-core's
+split string, ``98,1,1`` by default): an epoch cap then holds on what training really reads. Relative prefixes resolve
+against the directory of the catalog file. Two sources may not share a prefix (each would be capped alone while both
+read the same documents).
 """
 
 from __future__ import annotations
 
 import math
 import os
-import struct
-import warnings
+import re
 from dataclasses import dataclass, field
 from typing import Any
+
+from nemo_smartpt.blend.index_check import IndexValidationError, validate_index
 
 DEFAULT_TIERS: dict[str, float] = {
     "high": 1.0,
@@ -44,6 +47,9 @@ DEFAULT_TIERS: dict[str, float] = {
 }
 """Nemotron-CC's five buckets with per-token weights. The paper publishes none; these step down ~1.4-2x per tier so
 that a ``high`` crawl token is drawn ~6.7x as often as a ``low`` one, while phase 1 still reads every tier."""
+
+DEFAULT_SPLIT = "98,1,1"
+"""megatron-core split string the catalog counts the train part of (``smartpt train``'s ``data.split`` default)."""
 
 DEFAULT_EMPHASIS_CATEGORIES: tuple[str, ...] = ("math", "code", "wiki", "reasoning")
 """Categories the paper's phase 2 gives more epochs (math, code, Wikipedia and the like)."""
@@ -84,9 +90,9 @@ class Source:
     max_epochs: float
     """Most passes over the source in the whole run; the planner never draws more than ``max_epochs * tokens``."""
     tokens: int = 0
-    """Tokens in all prefixes together (from the ``.idx`` files)."""
+    """Train-split tokens in all prefixes together (from the ``.idx`` files): what the dataset reads."""
     documents: int = 0
-    """Documents in all prefixes together (from the ``.idx`` files)."""
+    """Train-split documents in all prefixes together (from the ``.idx`` files)."""
     prefix_tokens: list[int] = field(default_factory=list)
     """Tokens per prefix, same order as ``prefixes``; the source's weight is split across prefixes in proportion."""
     target_share: float | None = None
@@ -111,6 +117,9 @@ class Catalog:
     """Categories that phase policies with ``emphasis_multiplier > 1`` up-weight."""
     path: str | None = None
     """The YAML file the catalog came from (for messages), if any."""
+    split: str | None = None
+    """megatron-core split string whose train range the token counts cover (recorded in the plan); ``None`` when
+    the counts were given directly."""
 
     def source(self, name: str) -> Source:
         for src in self.sources:
@@ -143,7 +152,10 @@ class Catalog:
                 raise EmptySourceError(
                     f"source {src.name!r}{where} has no tokens (prefixes: {', '.join(src.prefixes) or 'none'})"
                 )
-            if src.target_share is not None and not 0.0 < src.target_share < 1.0:
+            share = src.target_share
+            if share is not None and (
+                isinstance(share, bool) or not isinstance(share, int | float) or not 0.0 < share < 1.0
+            ):
                 raise CatalogError(
                     f"source {src.name!r}{where}: target_share must be in (0, 1), got {src.target_share!r}"
                 )
@@ -151,65 +163,45 @@ class Catalog:
                 raise CatalogError(f"source {src.name!r}{where}: phases is empty (omit it to allow every phase)")
 
 
-def _check_index_header(idx_path: str) -> tuple[int, int, int]:
-    """Validate an ``.idx`` header and size before megatron-core maps it; return (sequences, documents, itemsize).
+def train_range(split: str, sequences: int) -> tuple[int, int]:
+    """The ``[begin, end)`` sequences megatron-core's builder gives the train split of a prefix."""
+    from megatron.core.datasets.blended_megatron_dataset_config import (
+        convert_split_vector_to_split_matrix,
+        parse_and_normalize_split,
+    )
 
-    megatron-core checks corrupt files with ``assert`` and leaves half-built objects whose ``__del__`` fails, so a
-    garbage file is caught here first with a message that names it.
-    """
-    size = os.path.getsize(idx_path)
-    with open(idx_path, "rb") as f:
-        head = f.read(_HEADER_BYTES)
-    if len(head) < _HEADER_BYTES or head[:9] != _INDEX_MAGIC:
-        raise IndexFileError(f"corrupt index {idx_path}: not a Megatron .idx file (bad header)")
-    version, code, sequences, documents = struct.unpack("<QBQQ", head[9:])
-    if version != 1 or code not in _ITEMSIZE_BY_CODE:
-        raise IndexFileError(f"corrupt index {idx_path}: unsupported version {version} or dtype code {code}")
-    # int32 length + int64 pointer per sequence, then the int64 document boundaries (the count includes a leading 0)
-    expected = _HEADER_BYTES + 12 * sequences + 8 * documents
-    if documents < 1 or size < expected:
-        raise IndexFileError(f"corrupt index {idx_path}: {size} bytes, the header promises at least {expected}")
-    return sequences, documents - 1, _ITEMSIZE_BY_CODE[code]
+    parts = [p.strip() for p in re.split(r"[,/]", str(split))]
+    try:
+        numbers = [float(p) for p in parts]
+    except ValueError:
+        numbers = []
+    # megatron-core reads any digits it finds (``abc`` becomes 0,0,0 and then NaN): check the string first
+    if not 1 <= len(numbers) <= 3 or min(numbers) < 0 or sum(numbers) <= 0 or numbers[0] <= 0:
+        raise CatalogError(f"split={split!r} is not a megatron-core split string like 98,1,1 (train part > 0)")
+    matrix = convert_split_vector_to_split_matrix(parse_and_normalize_split(str(split)))
+    bookends = matrix[0]
+    if bookends is None:
+        return 0, 0
+    return round(bookends[0] * sequences), round(bookends[1] * sequences)
 
 
-def read_index_counts(prefix: str) -> tuple[int, int]:
-    """Return ``(tokens, documents)`` of one Megatron indexed dataset, read from its ``.idx`` file.
+def read_index_counts(prefix: str, split: str | None = None) -> tuple[int, int]:
+    """Return ``(tokens, documents)`` of one Megatron indexed dataset, read from its validated ``.idx`` file.
+
+    With ``split`` (a megatron-core split string), only the train range is counted: the documents the phased dataset
+    really reads, so epoch caps hold on what is read.
 
     Raises:
-        IndexFileError: the ``.idx`` or ``.bin`` file is missing, or the ``.idx`` is not a valid index.
+        IndexFileError: the ``.idx`` or ``.bin`` file is missing, or the pair fails :func:`validate_index`.
     """
-    idx_path, bin_path = prefix + ".idx", prefix + ".bin"
-    for path in (idx_path, bin_path):
-        if not os.path.isfile(path):
-            raise IndexFileError(f"missing {path} (prefix {prefix!r})")
-    sequences, documents, itemsize = _check_index_header(idx_path)
-    bin_size = os.path.getsize(bin_path)
-    if sequences == 0 or bin_size == 0:
-        return 0, documents  # nothing to map (numpy cannot mmap an empty file); validate() reports the empty source
-    with warnings.catch_warnings():
-        # Importing megatron-core warns about Transformer Engine/Apex, and its rank lookup warns outside
-        # torch.distributed: neither matters for reading an index, and `smartpt plan` output should stay clean.
-        warnings.filterwarnings("ignore", category=UserWarning, module=r"megatron\.")
-        from megatron.core.datasets.indexed_dataset import IndexedDataset
-
     try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Could not determine rank")
-            dataset = IndexedDataset(prefix, mmap=True)
-        # The arrays are views into an mmap that is closed when the dataset is collected: copy to Python ints now.
-        tokens = int(dataset.sequence_lengths.sum(dtype="int64"))
-        documents = int(len(dataset.document_indices) - 1)
-        del dataset
-    except Exception as exc:  # what the header check cannot see: megatron's assert/numpy errors of many kinds
-        raise IndexFileError(f"corrupt index {idx_path}: {type(exc).__name__}: {exc}".rstrip(": ")) from None
-    if bin_size != tokens * itemsize:
-        raise IndexFileError(f"{bin_path} has {bin_size} bytes but {idx_path} describes {tokens * itemsize}")
-    return tokens, documents
-
-
-_INDEX_MAGIC = b"MMIDIDX\x00\x00"
-_HEADER_BYTES = 34  # magic 9 + version 8 + dtype code 1 + sequence count 8 + document count 8
-_ITEMSIZE_BY_CODE = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 8, 7: 4, 8: 2}  # megatron-core's DType codes
+        summary = validate_index(prefix)
+    except IndexValidationError as exc:
+        raise IndexFileError(str(exc)) from None
+    if split is None:
+        return summary.tokens, summary.documents
+    begin, end = train_range(split, len(summary.sequence_lengths))
+    return int(summary.sequence_lengths[begin:end].sum(dtype="int64")), end - begin
 
 
 def _as_list(value: Any, what: str, name: str) -> list[str]:
@@ -223,16 +215,24 @@ def _as_list(value: Any, what: str, name: str) -> list[str]:
 _SOURCE_KEYS = {"name", "prefix", "quality", "category", "max_epochs", "target_share", "phases"}
 
 
-def catalog_from_dict(data: dict[str, Any], base_dir: str = ".", path: str | None = None, read_counts=None) -> Catalog:
+def catalog_from_dict(
+    data: dict[str, Any],
+    base_dir: str = ".",
+    path: str | None = None,
+    read_counts=None,
+    split: str = DEFAULT_SPLIT,
+) -> Catalog:
     """Build and validate a :class:`Catalog` from parsed YAML.
 
     Args:
         data: the mapping with ``sources`` and optional ``tiers`` and ``emphasis_categories``.
         base_dir: where relative prefixes resolve.
         path: the file name, for messages.
-        read_counts: ``prefix -> (tokens, documents)``; defaults to :func:`read_index_counts` (tests inject fakes).
+        read_counts: ``prefix -> (tokens, documents)``; defaults to :func:`read_index_counts` of the ``split``'s train
+            range (tests inject fakes).
+        split: megatron-core split string whose train range is counted.
     """
-    read_counts = read_counts or read_index_counts
+    read_counts = read_counts or (lambda prefix: read_index_counts(prefix, split))
     where = path or "catalog"
     if not isinstance(data, dict) or not isinstance(data.get("sources"), list):
         raise CatalogError(f"{where}: expected a mapping with a 'sources:' list")
@@ -240,6 +240,7 @@ def catalog_from_dict(data: dict[str, Any], base_dir: str = ".", path: str | Non
     if unknown:
         raise CatalogError(f"{where}: unknown top-level keys {sorted(unknown)}")
     sources = []
+    owner: dict[str, str] = {}
     for i, entry in enumerate(data["sources"]):
         if not isinstance(entry, dict) or "name" not in entry:
             raise CatalogError(f"{where}: sources[{i}] must be a mapping with a 'name'")
@@ -251,6 +252,14 @@ def catalog_from_dict(data: dict[str, Any], base_dir: str = ".", path: str | Non
         if extra:
             raise CatalogError(f"{where}: source {name!r} has unknown keys {sorted(extra)}")
         prefixes = [os.path.normpath(os.path.join(base_dir, p)) for p in _as_list(entry["prefix"], "prefix", name)]
+        for prefix in prefixes:
+            real = os.path.realpath(prefix)
+            if real in owner and owner[real] != name:  # a repeated name is reported as such by validate()
+                raise CatalogError(
+                    f"{where}: sources {owner[real]!r} and {name!r} both read prefix {prefix}; each would be capped "
+                    f"alone while both draw the same documents - give each prefix to one source"
+                )
+            owner[real] = name
         counts = [read_counts(p) for p in prefixes]
         phases = entry.get("phases")
         sources.append(
@@ -267,7 +276,7 @@ def catalog_from_dict(data: dict[str, Any], base_dir: str = ".", path: str | Non
                 phases=None if phases is None else _as_list(phases, "phases", name),
             )
         )
-    catalog = Catalog(sources=sources, path=path)
+    catalog = Catalog(sources=sources, path=path, split=split)
     if "tiers" in data:
         if not isinstance(data["tiers"], dict) or not data["tiers"]:
             raise CatalogError(f"{where}: 'tiers' must be a non-empty mapping of tier name -> weight")
@@ -279,8 +288,9 @@ def catalog_from_dict(data: dict[str, Any], base_dir: str = ".", path: str | Non
     return catalog
 
 
-def load_catalog(path: str) -> Catalog:
-    """Read a catalog YAML file, resolve its prefixes and read their counts from the ``.idx`` files."""
+def load_catalog(path: str, split: str = DEFAULT_SPLIT) -> Catalog:
+    """Read a catalog YAML file, resolve its prefixes, validate their ``.idx`` files and count their ``split``'s
+    train range."""
     import yaml
 
     if not os.path.isfile(path):
@@ -290,4 +300,4 @@ def load_catalog(path: str) -> Catalog:
             data = yaml.safe_load(f)
         except yaml.YAMLError as exc:
             raise CatalogError(f"{path}: not valid YAML: {exc}".splitlines()[0]) from None
-    return catalog_from_dict(data, base_dir=os.path.dirname(os.path.abspath(path)), path=path)
+    return catalog_from_dict(data, base_dir=os.path.dirname(os.path.abspath(path)), path=path, split=split)

@@ -20,6 +20,7 @@ from megatron.core.datasets.utils import Split
 
 from nemo_smartpt.blend.phased_dataset import PhasedDataset, PhasedDatasetConfig, open_components
 from nemo_smartpt.blend.phased_spec import (
+    PhasedDatasetError,
     PhaseSpec,
     SourceSpec,
     baseline_phase_from_plan,
@@ -34,9 +35,20 @@ logger = logging.getLogger(__name__)
 def phased_dataset_from_plan(
     plan: Mapping, config: PhasedDatasetConfig, tokenizer: Any, baseline: str | None = None
 ) -> PhasedDataset:
-    """The train dataset of a plan: its phases, or one phase with ``plan["baselines"][baseline]`` weights."""
+    """The train dataset of a plan: its phases, or one phase with ``plan["baselines"][baseline]`` weights.
+
+    The plan's epoch caps are enforced (the dataset refuses to read a source past ``max_epochs`` of its train split),
+    except for the ``natural`` baseline, whose weights follow token counts whatever the caps say. A plan that records
+    the split its token counts cover must be served with that split: otherwise its caps would count other documents.
+    """
+    planned_split = plan.get("split")
+    if planned_split and str(planned_split) != str(config.split):
+        raise PhasedDatasetError(
+            f"the plan counted the train part of split {planned_split} (its epoch caps hold for it) but the dataset "
+            f"reads split {config.split}: re-plan with split={config.split} or train with dataset.split={planned_split}"
+        )
     phases = phases_from_plan(plan) if baseline is None else baseline_phase_from_plan(plan, baseline)
-    return PhasedDataset(sources_from_plan(plan), phases, config, tokenizer)
+    return PhasedDataset(sources_from_plan(plan, caps=baseline != "natural"), phases, config, tokenizer)
 
 
 def aggregate_weights(phases: Sequence[PhaseSpec], phase_ends: Sequence[int]) -> dict[str, float]:
@@ -116,7 +128,7 @@ def datasets_from_plan(
     train = phased_dataset_from_plan(plan, config, tokenizer, baseline)
     phases = phases_from_plan(plan) if baseline is None else baseline_phase_from_plan(plan, baseline)
     weights = aggregate_weights(phases, train.phase_ends)
-    sources = sources_from_plan(plan)
+    sources = sources_from_plan(plan, caps=False)
     valid = heldout_dataset(sources, weights, valid_samples, Split.valid, config, tokenizer)
     test = heldout_dataset(sources, weights, test_samples, Split.test, config, tokenizer)
     return train, valid, test

@@ -15,7 +15,13 @@ Mental model:
   (``ceil(ceil(n * w) * (1 + mid_level_dataset_surplus))`` summed over phases): megatron-core's own order.
 - Per phase, megatron-core's C++ greedy ``build_blending_indices`` picks the component of every sample, and its
   per-phase counter is shifted by the samples each component already served in earlier phases. So phase 2 continues
-  a source's stream where phase 1 stopped, and a one-phase plan is megatron-core's ``BlendedDataset`` sample for sample.
+  a source's stream where phase 1 stopped.
+- **When a one-phase plan equals megatron-core's ``BlendedDataset``** (same prefixes, weights, seed, split and sample
+  count, sample for sample): always with ``continuity=False``; with ``continuity=True`` (the default) exactly when no
+  source is drawn past one epoch of its train split. A source drawn past one epoch differs in every one of its samples
+  with continuity on: megatron-core shuffles its multi-epoch ``GPTDataset`` as one index over all epochs, while
+  continuity builds one shuffled epoch after another (tested in ``tests/blend/test_phased_dataset.py``). The choice of
+  source per sample (``dataset_id``) is the same in all cases.
 - The blend index (component and stream position per global sample) is cached under ``path_to_cache`` keyed by the md5
   of a JSON description, like ``BlendedDataset``; with ``torch.distributed`` up, rank 0 builds and the others load.
 
@@ -170,6 +176,7 @@ class PhasedDataset(torch.utils.data.Dataset):
             raise PhasedDatasetError(f"duplicate source names in {names}")
         check_weights(phases, names)
         self.config = config
+        self._sources = list(sources)
         self.source_names = names
         self.phase_names = [p.name for p in phases]
         self.phase_ends = phase_end_samples(phases, config.sequence_length, config.global_batch_size)
@@ -216,8 +223,40 @@ class PhasedDataset(torch.utils.data.Dataset):
         self.dataset_index, self.dataset_sample_index, counts = build_phase_blend(
             self._weights, self.phase_ends, len(self._components), self.config.path_to_cache, digest, description
         )
+        self._check_caps(counts[0])
         for component, need, ceil_need in zip(self._components, counts[0], counts[1]):
             self._build_stream(component, int(need), int(ceil_need), tokenizer)
+        self._check_epochs()
+
+    def _check_caps(self, needs) -> None:
+        """Refuse to serve a source more tokens than ``max_epochs`` times its train split holds."""
+        L = self.config.sequence_length
+        for s, source in enumerate(self._sources):
+            if source.max_epochs is None:
+                continue
+            tokens = sum(c.tokens for c in self._components if c.source == s)
+            served = L * sum(int(n) for c, n in zip(self._components, needs) if c.source == s)
+            if served > source.max_epochs * tokens:
+                raise PhasedDatasetError(
+                    f"source {source.name!r} would be read {served / tokens:.4f} epochs of its train split "
+                    f"({served} of {tokens} tokens, split {self.config.split}), above its max_epochs "
+                    f"{source.max_epochs:g}: the plan leaves no room for sample rounding; re-plan with "
+                    f"seq_length={L} global_batch_size={self.config.global_batch_size} split={self.config.split}"
+                )
+
+    def _check_epochs(self) -> None:
+        """With continuity, never start an epoch past ``ceil(max_epochs)`` (each epoch yields whole samples only)."""
+        if not self.config.continuity:
+            return
+        for c in self._components:
+            cap = self._sources[c.source].max_epochs
+            if cap is not None and len(c.datasets) > math.ceil(cap):
+                raise PhasedDatasetError(
+                    f"source {self.source_names[c.source]!r}: {c.prefix} would start epoch {len(c.datasets)} with "
+                    f"max_epochs {cap:g} (each epoch yields whole samples of {self.config.sequence_length} tokens); "
+                    f"re-plan with seq_length={self.config.sequence_length} "
+                    f"global_batch_size={self.config.global_batch_size} split={self.config.split}"
+                )
 
     def _build_stream(self, c: _Component, need: int, ceil_need: int, tokenizer: Any) -> None:
         """Build the component's ``GPTDataset`` objects until its stream holds ``need`` samples."""
@@ -261,6 +300,13 @@ class PhasedDataset(torch.utils.data.Dataset):
         j = int(self.dataset_sample_index[idx])
         e = bisect.bisect_right(c.starts, j) - 1
         return {"dataset_id": c.source, "phase": self.phase_of(idx), **c.datasets[e][j - c.starts[e]]}
+
+    def epochs_started(self) -> dict[str, int]:
+        """Per source, the most epochs any of its prefixes starts (what ``max_epochs`` bounds, rounded up)."""
+        out = {name: 0 for name in self.source_names}
+        for c in self._components:
+            out[self.source_names[c.source]] = max(out[self.source_names[c.source]], len(c.datasets))
+        return out
 
     def source_samples(self, phase: int | None = None) -> np.ndarray:
         """Samples each source serves (in one phase, or in the whole run)."""

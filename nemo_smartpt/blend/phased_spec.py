@@ -49,10 +49,13 @@ class SourceSpec:
         name: the name phases use in their ``weights``.
         prefixes: paths without ``.bin``/``.idx``; several prefixes share the source's weight in proportion to their
             (train-split) token counts.
+        max_epochs: the most passes over the source's train split; the dataset refuses to serve more (``None``: no
+            cap, as for the ``natural`` baseline).
     """
 
     name: str
     prefixes: tuple[str, ...]
+    max_epochs: float | None = None
 
 
 @dataclass(frozen=True)
@@ -140,10 +143,17 @@ def check_weights(phases: Sequence[PhaseSpec], source_names: Sequence[str]) -> N
             )
 
 
-def sources_from_plan(plan: Mapping) -> list[SourceSpec]:
-    """Read ``plan["sources"]`` (``name`` and ``prefixes`` of each) into source specs."""
+def sources_from_plan(plan: Mapping, caps: bool = True) -> list[SourceSpec]:
+    """Read ``plan["sources"]`` (``name``, ``prefixes`` and, with ``caps``, ``max_epochs``) into source specs."""
     try:
-        return [SourceSpec(str(s["name"]), tuple(str(p) for p in s["prefixes"])) for s in plan["sources"]]
+        return [
+            SourceSpec(
+                str(s["name"]),
+                tuple(str(p) for p in s["prefixes"]),
+                float(s["max_epochs"]) if caps and s.get("max_epochs") is not None else None,
+            )
+            for s in plan["sources"]
+        ]
     except (KeyError, TypeError) as error:
         raise PhasedDatasetError(f"plan sources need 'name' and 'prefixes': {error!r}") from error
 

@@ -50,6 +50,14 @@ class PlanConfig:
     """One policy per phase (``phases.1.crawl_tiers=[high]``, ``phases.1.emphasis_multiplier=3``, ...)."""
     seed: int = 1234
     """Seed recorded in the plan for the dataset that serves it."""
+    split: str = "98,1,1"
+    """megatron-core train/valid/test split of every prefix; caps count the train part (what training reads), so
+    train with the same ``dataset.split`` (``smartpt train`` passes its ``data.split``)."""
+    seq_length: int = 4096
+    """Tokens per training sample: a phase must hold at least one, and each cap keeps room for the dataset's
+    sample rounding (see ``plan_blend``)."""
+    global_batch_size: int = 0
+    """Samples per optimizer step, if known: caps also keep room for phase ends rounded to whole batches."""
     sweep: SweepConfig = field(default_factory=SweepConfig)
     """Optional epoch-estimation sweep."""
     quiet: bool = False
@@ -73,16 +81,30 @@ def run(cfg: PlanConfig) -> dict[str, str]:
         raise OverrideError("catalog=PATH is required (a YAML catalog of sources)")
     if not cfg.budget_tokens:
         raise OverrideError("budget_tokens=N is required (tokens of the whole run, e.g. 1e9)")
-    catalog = load_catalog(cfg.catalog)
+    if cfg.seq_length < 1 or cfg.global_batch_size < 0:
+        raise OverrideError(
+            f"seq_length must be >= 1 and global_batch_size >= 0, got {cfg.seq_length} and {cfg.global_batch_size}"
+        )
+    if os.path.exists(cfg.out) and not os.path.isdir(cfg.out):
+        raise OverrideError(
+            f"out={cfg.out} is a file; out must be a directory (plan.json, plan.txt, plan.png go in it)"
+        )
+    catalog = load_catalog(cfg.catalog, split=cfg.split)
     kwargs = dict(phase_boundaries=list(cfg.phase_boundaries), policies=list(cfg.phases), seed=cfg.seed)
-    plan = plan_blend(catalog, cfg.budget_tokens, **kwargs)
-    paths = write_plan_outputs(plan, cfg.out)
+    plan = plan_blend(
+        catalog, cfg.budget_tokens, seq_length=cfg.seq_length, global_batch_size=cfg.global_batch_size, **kwargs
+    )
+    try:
+        paths = write_plan_outputs(plan, cfg.out)
+    except OSError as exc:
+        raise OverrideError(f"out={cfg.out}: cannot write the plan there: {exc.strerror or exc}") from None
     if not cfg.quiet:
         print(format_table(plan), end="")
         print(f"wrote {paths['json']}, {paths['txt']}, {paths['png']}")
     if cfg.sweep.category:
         index = {}
         for k, swept in epoch_sweep(catalog, cfg.budget_tokens, cfg.sweep.category, list(cfg.sweep.epochs), **kwargs):
+            swept.split = plan.split
             sub = os.path.join(cfg.out, f"{cfg.sweep.category}_x{k:g}")
             index[f"{k:g}"] = write_plan_outputs(swept, sub)["json"]
         with open(os.path.join(cfg.out, "sweep.json"), "w", encoding="utf-8") as f:
@@ -92,13 +114,21 @@ def run(cfg: PlanConfig) -> dict[str, str]:
     return paths
 
 
+def _quote_split(arg: str) -> str:
+    """Hydra reads a bare ``split=98,1,1`` as a sweep; it is one megatron-core split string, so quote it."""
+    key, sep, value = arg.partition("=")
+    if sep and key.lstrip("+") == "split" and "," in value and value[:1] not in ("'", '"', "["):
+        return f"{key}='{value}'"
+    return arg
+
+
 def main(args: list[str]) -> int:
     """Entry point of ``smartpt plan``; returns the exit code (2 on bad input, with a one-line message)."""
     if any(a in ("-h", "--help", "help") for a in args):
         print(help_text())
         return 0
     try:
-        run(build_config(PlanConfig, list(args)))
+        run(build_config(PlanConfig, [_quote_split(a) for a in args]))
     except (OverrideError, CatalogError, PlanError, PlanFileError) as exc:
         print(f"smartpt plan: error: {exc}", file=sys.stderr)
         return 2

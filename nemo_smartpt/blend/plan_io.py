@@ -2,7 +2,7 @@
 
 ``plan.json`` is the contract with the rest of the project (the phased dataset, the demo)::
 
-    {"budget_tokens": int, "seed": int,
+    {"budget_tokens": int, "seed": int, "split": str, "seq_length": int, "global_batch_size": int,
      "sources": [{"name", "prefixes", "tokens", "documents", "quality", "category", "max_epochs",
                   "planned_tokens", "epochs", "prefix_tokens", "target_share"}],
      "phases": [{"name", "start_token", "end_token", "weights": {source: share summing to 1},
@@ -92,6 +92,9 @@ def plan_to_dict(plan: Plan) -> dict[str, Any]:
         "sources": sources,
         "phases": phases,
         "baselines": {k: dict(v) for k, v in plan.baselines.items()},
+        "split": plan.split,
+        "seq_length": plan.seq_length,
+        "global_batch_size": plan.global_batch_size,
     }
 
 
@@ -121,7 +124,16 @@ def plan_from_dict(data: dict[str, Any], where: str = "plan") -> Plan:
         need(ph, _PHASE_KEYS, f"phases[{i}]")
         phases.append(PhasePlan(**{k: ph[k] for k in _PHASE_KEYS}))
     need(data["baselines"], ("natural", "random_order"), "baselines")
-    return Plan(data["budget_tokens"], data["seed"], sources, phases, data["baselines"])
+    return Plan(
+        data["budget_tokens"],
+        data["seed"],
+        sources,
+        phases,
+        data["baselines"],
+        split=data.get("split"),
+        seq_length=int(data.get("seq_length") or 0),
+        global_batch_size=int(data.get("global_batch_size") or 0),
+    )
 
 
 def save_plan(plan: Plan, path: str) -> None:

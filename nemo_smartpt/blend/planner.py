@@ -118,6 +118,12 @@ class Plan:
     sources: list[SourcePlan]
     phases: list[PhasePlan]
     baselines: dict[str, dict[str, float]]
+    split: str | None = None
+    """megatron-core split string whose train range the source token counts (and so the caps) cover."""
+    seq_length: int = 0
+    """Sequence length the caps reserve sample rounding for (0: none reserved)."""
+    global_batch_size: int = 0
+    """Global batch size the caps reserve phase-boundary rounding for (0: none reserved)."""
 
     def source(self, name: str) -> SourcePlan:
         for src in self.sources:
@@ -276,8 +282,16 @@ def plan_blend(
     phase_boundaries: list[float] | None = None,
     policies: list[PhasePolicy] | None = None,
     seed: int = 1234,
+    seq_length: int = 0,
+    global_batch_size: int = 0,
 ) -> Plan:
     """Plan a multi-phase blend that respects every source's epoch cap.
+
+    A cap holds on what the dataset reads only if the plan leaves room for the dataset's roundings: every epoch of a
+    prefix yields ``(tokens - 1) // seq_length`` whole samples (the tail is never read), megatron-core's greedy blend
+    may give a source one sample more than its share per phase, and phase ends move to global-batch boundaries. With
+    ``seq_length`` (and ``global_batch_size``) given, each source's cap is lowered by
+    ``seq_length * (prefixes * ceil(max_epochs) + phases * (global_batch_size + 2))`` tokens, which bounds all three.
 
     Args:
         catalog: sources with token counts already read (see :func:`~nemo_smartpt.blend.catalog.load_catalog`).
@@ -285,6 +299,8 @@ def plan_blend(
         phase_boundaries: fractions of the budget where a new phase starts; default ``[0.6]``.
         policies: one :class:`PhasePolicy` per phase; default :func:`default_phase_policies`.
         seed: carried into the plan for the dataset that serves it (the planner itself is deterministic).
+        seq_length: the training sequence length (0: reserve nothing for rounding).
+        global_batch_size: the training global batch size (0: reserve nothing for phase-boundary rounding).
 
     Raises:
         CatalogError: bad catalog (unknown tier, cap <= 0, empty source, ...).
@@ -298,10 +314,22 @@ def plan_blend(
         raise PlanError(f"phase names must be unique, got {phase_names}")
     bounds = phase_bounds(budget, [0.6] if phase_boundaries is None else list(phase_boundaries), len(policies))
     phase_tokens = np.array([float(e - s) for s, e in bounds])
+    for name, (start, end) in zip(phase_names, bounds):
+        if seq_length > 0 and end - start < seq_length:
+            raise BudgetError(
+                f"phase {name!r} holds {end - start} tokens, fewer than one sample of seq_length {seq_length}; "
+                f"raise budget_tokens or move phase_boundaries"
+            )
     rates = source_rates(catalog, policies)
     names = [s.name for s in catalog.sources]
     avail = np.array([float(s.tokens) for s in catalog.sources])
     caps = np.array([s.cap_tokens for s in catalog.sources], dtype=float)
+    if seq_length > 0:
+        reserve = [
+            seq_length * (max(len(s.prefixes), 1) * math.ceil(s.max_epochs) + len(policies) * (global_batch_size + 2))
+            for s in catalog.sources
+        ]
+        caps = np.maximum(caps - np.array(reserve, dtype=float), 0.0)
 
     pinned = np.array([s.target_share is not None for s in catalog.sources])
     planned = np.zeros_like(rates)
@@ -326,7 +354,9 @@ def plan_blend(
     free_rates = np.where(free[:, None], rates, 0.0)
     _check_hall(names, phase_names, free_rates, np.where(free, caps, 0.0), demand)
     planned[free] = water_fill(free_rates[free], avail[free], caps[free], demand)
-    return assemble_plan(catalog, budget, bounds, phase_names, planned, seed)
+    plan = assemble_plan(catalog, budget, bounds, phase_names, planned, seed)
+    plan.split, plan.seq_length, plan.global_batch_size = catalog.split, int(seq_length), int(global_batch_size)
+    return plan
 
 
 def assemble_plan(

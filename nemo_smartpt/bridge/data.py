@@ -1,4 +1,4 @@
-"""The data side of ``smartpt train``: which catalog, which sources, and the plan for exactly this run's tokens."""
+"""The data side of ``smartpt train``: which catalog and which sources (the plan itself: :mod:`nemo_smartpt.bridge.api`)."""
 
 from __future__ import annotations
 
@@ -21,9 +21,9 @@ def resolve_catalog(cfg) -> Path:
     return path
 
 
-def run_catalog(cfg, out: Path) -> Path:
-    """Write ``out/catalog.yaml``: the chosen catalog with absolute prefixes, minus reasoning sources if asked, and
-    the reasoning share and phases overridden if asked."""
+def catalog_text(cfg) -> str:
+    """The run's catalog (written as ``out/catalog.yaml``): the chosen catalog with absolute prefixes, minus reasoning
+    sources if asked, and the reasoning share and phases overridden if asked."""
     source = resolve_catalog(cfg)
     tree = yaml.safe_load(source.read_text()) or {}
     base = source.resolve().parent
@@ -54,24 +54,4 @@ def run_catalog(cfg, out: Path) -> Path:
 
             raise OverrideError(f"data.reasoning_sources: no reasoning source named {missing} in {source}")
     tree["sources"] = sources
-    out.mkdir(parents=True, exist_ok=True)
-    target = out / "catalog.yaml"
-    target.write_text(f"# derived by smartpt train from {source}\n" + yaml.safe_dump(tree, sort_keys=False))
-    return target
-
-
-def plan_for_run(cfg, out: Path, budget_tokens: float) -> Path:
-    """``plan.json`` for this run: the given ``data.plan``, or a fresh plan of the catalog for ``budget_tokens``."""
-    if cfg.data.plan:
-        return Path(cfg.data.plan)
-    from nemo_smartpt.blend.plan_cli import PlanConfig, run
-
-    catalog = run_catalog(cfg, out)
-    plan_cfg = PlanConfig(
-        catalog=str(catalog),
-        budget_tokens=float(int(budget_tokens)),
-        out=str(out / "plan"),
-        phase_boundaries=list(cfg.data.phase_boundaries),
-        seed=cfg.seed,
-    )
-    return Path(run(plan_cfg)["json"])
+    return f"# derived by smartpt train from {source}\n" + yaml.safe_dump(tree, sort_keys=False)

@@ -42,7 +42,7 @@ def phase_starts_of(plan: dict, arm: str, seq_length: int, global_batch_size: in
 
 
 def build_objective(run):
-    """Forward step and callbacks for a :class:`~nemo_smartpt.bridge.train_cli.TrainRun`."""
+    """Forward step and callbacks for a run (:class:`~nemo_smartpt.bridge.api.SmartPT`)."""
     from nemo_smartpt.blend.plan_io import read_plan_json
     from nemo_smartpt.bridge.evaluate import eval_callback
 
@@ -60,65 +60,22 @@ def build_objective(run):
         layout = layout_from_tokenizer(
             run.cfg.rlp, lambda text: tokenizer.encode_batch([text])[0], pad_id=tokenizer.eod
         )
-        rlp_step, rlp_callbacks = build_rlp_training(run.cfg.rlp, layout, eod_id=tokenizer.eod, run_dir=None)
-        forward.rlp_step, forward.switch_at = rlp_step, run.schedule["ntp_steps"]
+        switch_at = run.schedule["ntp_steps"]
+        # The RLP callback acts from switch_at on: EMA, optimiser settings, dropout off, metrics, EMA checkpoints.
+        rlp_step, rlp_callbacks = build_rlp_training(
+            run.cfg.rlp, layout, eod_id=tokenizer.eod, run_dir=None, start_step=switch_at
+        )
+        forward.rlp_step, forward.switch_at = rlp_step, switch_at
         rlp_run = rlp_callbacks[0].run
         rlp_run.eval_uses_rlp = False  # SwitchingForwardStep validates with the next-token step
-        callbacks.extend(RLPPhaseGate(cb, forward.switch_at).build() for cb in rlp_callbacks)
-        extra.append(lambda: rlp_run.last_metrics if getattr(rlp_run, "last_fresh", False) else {})
+        callbacks.extend(rlp_callbacks)
+        extra.append(lambda: rlp_run.last_metrics if rlp_run.last_fresh else {})
     metrics = MetricsCallback(str(run.out), breakdown, starts, extra, tokens_per_sample=run.seq_length)
     callbacks.append(metrics.build())  # last: it reads what the other callbacks computed for this step
     tasks, include_path = eval_tasks(run)
     if run.cfg.eval.enabled and tasks:
         callbacks.append(eval_callback(tasks, include_path, run.tokenizer, str(run.out), run.cfg.eval.batch_size))
     return forward, callbacks
-
-
-class RLPPhaseGate:
-    """Runs the RLP callback only from the first RLP step on, and starts the EMA there (φ = θ, as the paper does).
-
-    The wrapped callback owns EMA updates, RLP metrics and the EMA checkpoint side file; before ``switch_at`` the run
-    is a next-token run and none of that applies. A run resumed inside the RLP part restores the EMA from the side
-    file at ``on_train_start`` (the wrapped callback's own logic) and is not re-initialised.
-    """
-
-    def __init__(self, inner, switch_at: int):
-        self.inner = inner
-        self.switch_at = switch_at
-
-    def build(self):
-        from megatron.bridge.training.callbacks import Callback
-
-        gate = self
-
-        class _Gate(Callback):
-            def on_data_init_start(self, context):
-                # Under pipeline parallelism the RLP callback takes a handle on the train dataset here.
-                gate.inner.on_data_init_start(context)
-
-            def on_train_start(self, context):
-                gate.inner.on_train_start(context)
-
-            def on_train_step_start(self, context):
-                step = context.state.train_state.step
-                if step < gate.switch_at:
-                    return
-                if step == gate.switch_at:
-                    from nemo_smartpt.rlp.megatron.callbacks import ema_params
-
-                    gate.inner.run.ema.initialize(ema_params(context.model))
-                gate.inner.on_train_step_start(context)
-
-            def on_train_step_end(self, context):
-                run = gate.inner.run
-                run.last_fresh = context.state.train_state.step >= gate.switch_at
-                if run.last_fresh:
-                    gate.inner.on_train_step_end(context)
-
-            def on_checkpoint_save(self, context):
-                gate.inner.on_checkpoint_save(context)
-
-        return _Gate()
 
 
 def eval_tasks(run) -> tuple[list[str], str | None]:

@@ -1,179 +1,234 @@
-"""``smartpt train``: compose a Bridge recipe, a preset and overrides, plan the data, and run ``pretrain()``.
+"""``smartpt train``: compose a Bridge config, hand it to :func:`~nemo_smartpt.bridge.api.add_smartpt`, run
+``pretrain()``.
 
 Order of work (each step fails early with a one-line error naming the bad key or file):
 1. split the command line into our settings and Bridge's (:mod:`nemo_smartpt.bridge.train_config`);
-2. build the Bridge ``ConfigContainer`` from the recipe and apply Bridge overrides with Bridge's own parser;
-3. resolve the schedule (next-token steps, then RLP or its token-/FLOP-matched next-token replacement);
-4. plan the catalog for exactly the tokens the run consumes and point the phased dataset provider at the plan;
-5. run ``pretrain()`` with our forward step (next-token with per-source/per-phase loss, switching to RLP for the
-   last ``schedule.rlp_steps``) and callbacks (metrics, RLP/EMA, evaluation).
+2. build the Bridge ``ConfigContainer``: the recipe (``recipe=``), or a ConfigContainer YAML (``--config-file``,
+   loaded with Bridge's ``ConfigContainer.from_yaml``); apply Bridge overrides with Bridge's own parser and check
+   their types;
+3. ``add_smartpt`` (the Python API, the one code path): pre-flight checks, schedule, resume guard, plan, dataset
+   provider, forward step and callbacks;
+4. run ``pretrain()``, or say ``run complete at step N`` when the run directory already holds the last step.
 
-Resuming: the same command again finds ``out_dir/checkpoints`` (Bridge's ``checkpoint.load``) and continues the same
-sample stream (``consumed_train_samples``), the RLP counters and the EMA weights.
+``--cfg job`` prints, on stdout and nothing else, the YAML of step 2 (Bridge's ConfigContainer with our settings under
+``smartpt:``); ``smartpt train --config-file that.yaml`` runs the same job.
+
+Resuming: the same command again continues the same sample stream, RLP counters and EMA weights from the newest
+complete checkpoint (see :mod:`nemo_smartpt.bridge.run_dir` for what may change between the two).
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import dataclasses
 import json
 import os
 import sys
 import tempfile
-from dataclasses import asdict
 from pathlib import Path
 
-from nemo_smartpt.bridge.train_config import TrainConfig, check_train_config, split_command_line
-from nemo_smartpt.overrides import build_config, describe
+import yaml
 
-PLAN_MARGIN = 1.02  # plan 2% more tokens than the steps consume: sample rounding must never run the stream dry
+from nemo_smartpt.bridge.train_config import TrainConfig, check_train_config, split_command_line
+from nemo_smartpt.overrides import OverrideError, build_config, describe, parse_overrides
+
+SMARTPT_SECTION = "smartpt"  # our settings inside a --cfg job / --config-file YAML
 
 
 def main(args: list[str]) -> int:
     if "--help" in args or "-h" in args:
         print(_help())
         return 0
+    args, config_file = _take_config_file(args)
     ours, bridge_overrides, print_config = split_command_line(args)
-    cfg = build_config(TrainConfig, ours)
-    check_train_config(cfg)
-    run = TrainRun(cfg, bridge_overrides)
     if print_config:
-        print(run.describe())
+        # Everything but the YAML goes to stderr, so `--cfg job > job.yaml` is a loadable file.
+        with contextlib.redirect_stdout(sys.stderr):
+            cfg, bridge = compose(ours, bridge_overrides, config_file)
+            text = job_yaml(cfg, bridge)
+        sys.stdout.write(text)
+        sys.stdout.flush()
         return 0
-    run.prepare_data()
-    return run.train()
+    cfg, bridge = compose(ours, bridge_overrides, config_file)
+    from nemo_smartpt.bridge.api import add_smartpt
+
+    explicit = {_key(a) for a in args}
+    sp = add_smartpt(
+        bridge,
+        cfg,
+        save_interval=bridge.checkpoint.save_interval if "checkpoint.save_interval" in explicit else None,
+        fit_rlp_context="rlp.max_context" not in explicit,
+    )
+    if sp.complete:
+        print(f"run complete at step {sp.complete_at} ({sp.out})")
+        return 0
+    return train(sp)
 
 
-class TrainRun:
-    """One ``smartpt train`` invocation: the resolved configs and the objects ``pretrain()`` needs."""
+def compose(ours: list[str], bridge_overrides: list[str], config_file: str | None):
+    """Our settings and the Bridge ``ConfigContainer`` after every override (what ``add_smartpt`` receives)."""
+    from nemo_smartpt.runtime import apply_cpu_runtime
 
-    def __init__(self, cfg: TrainConfig, bridge_overrides: list[str]):
-        from nemo_smartpt.runtime import apply_cpu_runtime
+    apply_cpu_runtime()
+    base = _file_settings(config_file) if config_file else None
+    cfg = build_config(TrainConfig, ours, base=base)
+    check_train_config(cfg)
+    from nemo_smartpt.bridge.api import resolve_out_dir
 
-        apply_cpu_runtime()
+    out = resolve_out_dir(cfg)
+    bridge = _load_config_file(config_file) if config_file else recipe_container(cfg, out)
+    _apply_bridge_overrides(bridge, bridge_overrides)
+    from nemo_smartpt.bridge.step_cap import apply_step_cap
+
+    apply_step_cap(cfg, bridge)  # SMARTPT_MAX_STEPS (smoke tests, the README test): after every override
+    return cfg, bridge
+
+
+def recipe_container(cfg: TrainConfig, out: str):
+    """The Bridge ``ConfigContainer`` of ``recipe=`` with our run directory and seed (before overrides)."""
+    from nemo_smartpt.bridge.recipe import TinyModelConfig, cpu_pretrain_config, recipe_config
+    from nemo_smartpt.reasoning.tokenizer import TokenizerError, load_tokenizer
+
+    try:
+        tokenizer = load_tokenizer(cfg.data.tokenizer)
+    except TokenizerError as exc:
+        raise OverrideError(f"data.tokenizer: {exc}") from None
+    # The byte tokenizer is Bridge's NullTokenizer with EOD = 256 (its last id); a Hugging Face tokenizer directory
+    # is loaded by Bridge itself (HuggingFaceTokenizer), so the model and the data agree on the vocabulary.
+    vocab = tokenizer.eod + 1 if cfg.data.tokenizer == "byte" else tokenizer.vocab_size
+    if cfg.recipe == "cpu_tiny":
+        bridge = cpu_pretrain_config(None, out, model=TinyModelConfig(vocab_size=vocab), seed=cfg.seed)
+    else:
+        bridge = recipe_config(
+            cfg.recipe, out, vocab_size=vocab, seed=cfg.seed, shrink=cfg.shrink, model_config=cfg.model_config
+        )
+    # Checkpoint into the run directory by default, so the same command resumes (users may override both).
+    bridge.checkpoint.save = bridge.checkpoint.load = str(Path(out) / "checkpoints")
+    return bridge
+
+
+def _apply_bridge_overrides(bridge, overrides: list[str]) -> None:
+    from megatron.bridge.training.utils.omegaconf_utils import process_config_with_overrides
+
+    from nemo_smartpt.bridge.preflight import check_override_types
+
+    try:
+        process_config_with_overrides(bridge, cli_overrides=overrides)
+    except Exception as exc:  # Bridge raises plain ValueErrors/OmegaConf errors naming the key
+        raise OverrideError(f"Bridge config: {str(exc).splitlines()[0]}") from None
+    check_override_types(bridge, overrides)
+
+
+def _take_config_file(args: list[str]) -> tuple[list[str], str | None]:
+    rest, path = [], None
+    it = iter(args)
+    for arg in it:
+        if arg == "--config-file":
+            path = next(it, None)
+            if path is None:
+                raise OverrideError("--config-file needs a path (a ConfigContainer YAML, e.g. from --cfg job)")
+        elif arg.startswith("--config-file="):
+            path = arg.split("=", 1)[1]
+        else:
+            rest.append(arg)
+    if path is not None and not Path(path).is_file():
+        raise OverrideError(f"--config-file: no such file {path}")
+    return rest, path
+
+
+def _file_settings(path: str) -> dict | None:
+    try:
+        tree = yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as exc:
+        raise OverrideError(f"--config-file {path}: not YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(tree, dict):
+        raise OverrideError(f"--config-file {path}: expected a mapping (a ConfigContainer YAML)")
+    return tree.get(SMARTPT_SECTION)
+
+
+def _load_config_file(path: str):
+    """A whole ConfigContainer YAML (with ``_target_``, as ``--cfg job`` and Bridge's ``run_config.yaml`` write it)
+    through Bridge's ``ConfigContainer.from_yaml``; a partial YAML of Bridge settings is merged onto the default
+    recipe by Bridge's ``process_config_with_overrides``. Our ``smartpt:`` section is read separately (Bridge's
+    lenient loader ignores it)."""
+    from megatron.bridge.training.config import ConfigContainer
+
+    tree = yaml.safe_load(Path(path).read_text()) or {}
+    try:
+        if "_target_" in tree:
+            return ConfigContainer.from_yaml(path)
         from megatron.bridge.training.utils.omegaconf_utils import process_config_with_overrides
 
-        from nemo_smartpt.bridge.recipe import TinyModelConfig, cpu_pretrain_config, recipe_config
-        from nemo_smartpt.reasoning.tokenizer import load_tokenizer
+        from nemo_smartpt.bridge.recipe import cpu_pretrain_config
 
-        self.cfg = cfg
-        self.out = Path(cfg.out_dir)
-        self.tokenizer = load_tokenizer(cfg.data.tokenizer)
-        # The byte tokenizer is Bridge's NullTokenizer with EOD = 256 (its last id); a Hugging Face tokenizer directory
-        # is loaded by Bridge itself (HuggingFaceTokenizer), so the model and the data agree on the vocabulary.
-        vocab = self.tokenizer.eod + 1 if cfg.data.tokenizer == "byte" else self.tokenizer.vocab_size
-        if cfg.recipe == "cpu_tiny":
-            self.bridge = cpu_pretrain_config(
-                None, str(self.out), model=TinyModelConfig(vocab_size=vocab), seed=cfg.seed, save_interval=None
-            )
-        else:
-            self.bridge = recipe_config(
-                cfg.recipe,
-                str(self.out),
-                vocab_size=vocab,
-                seed=cfg.seed,
-                shrink=cfg.shrink,
-                model_config=cfg.model_config,
-            )
-        if cfg.data.tokenizer != "byte":
-            from megatron.bridge.training.config import TokenizerConfig
-
-            self.bridge.tokenizer = TokenizerConfig(
-                tokenizer_type="HuggingFaceTokenizer", tokenizer_model=str(Path(self.tokenizer.path).parent)
-            )
-        # Checkpoint into the run directory by default, so the same command resumes (users may override both).
-        self.bridge.checkpoint.save = self.bridge.checkpoint.load = str(self.out / "checkpoints")
-        self.bridge.checkpoint.save_interval = self.bridge.train.train_iters
-        try:
-            process_config_with_overrides(self.bridge, cli_overrides=bridge_overrides)
-        except Exception as exc:  # Bridge raises plain ValueErrors/OmegaConf errors naming the key
-            from nemo_smartpt.overrides import OverrideError
-
-            raise OverrideError(f"Bridge config: {str(exc).splitlines()[0]}") from None
-        prompt_tokens = len(self.tokenizer.encode_batch([cfg.rlp.thought_prompt])[0])
-        self.schedule = resolve_schedule(cfg, self.bridge, prompt_tokens)
-        self.bridge.train.train_iters = self.schedule["total_steps"]
-        if self.schedule["rlp_steps"]:
-            # eq. 8 normalises by the thoughts of the whole global batch: Megatron must sum (loss, count) over
-            # micro-batches and divide once. Next-token steps are unchanged by it (every micro-batch has equal tokens).
-            self.bridge.model.calculate_per_token_loss = True
-        self.plan_path: Path | None = None
-
-    @property
-    def seq_length(self) -> int:
-        return int(self.bridge.model.seq_length)
-
-    @property
-    def global_batch_size(self) -> int:
-        return int(self.bridge.train.global_batch_size)
-
-    def describe(self) -> str:
-        from omegaconf import OmegaConf
-
-        ours = OmegaConf.to_yaml(OmegaConf.structured(self.cfg))
+        partial = {k: v for k, v in tree.items() if k != SMARTPT_SECTION}
         with tempfile.TemporaryDirectory() as tmp:
-            path = os.path.join(tmp, "bridge.yaml")
-            self.bridge.to_yaml(path)  # Bridge's own serialisation of its ConfigContainer
-            bridge = Path(path).read_text()
-        return f"# smartpt\n{ours}\n# schedule\n{json.dumps(self.schedule, indent=2)}\n\n# megatron-bridge\n{bridge}"
+            merged = Path(tmp) / "bridge.yaml"
+            merged.write_text(yaml.safe_dump(partial))
+            return process_config_with_overrides(cpu_pretrain_config(None, "runs/train"), config_filepath=str(merged))
+    except Exception as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise OverrideError(f"--config-file {path}: {first}") from None
 
-    def prepare_data(self) -> None:
-        import torch
 
-        from nemo_smartpt.blend.provider import PhasedPlanDatasetProvider
-        from nemo_smartpt.bridge.data import plan_for_run
+def job_yaml(cfg: TrainConfig, bridge) -> str:
+    """Bridge's own YAML of the container, with our settings as a ``smartpt:`` section and the schedule as a comment."""
+    schedule = _schedule_preview(cfg, bridge)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "bridge.yaml")
+        bridge.to_yaml(path)  # Bridge's own serialisation of its ConfigContainer
+        text = Path(path).read_text()
+    ours = yaml.safe_dump({SMARTPT_SECTION: dataclasses.asdict(cfg)}, sort_keys=False)
+    header = (
+        "# smartpt train --cfg job: Megatron-Bridge's ConfigContainer, our settings under `smartpt:`.\n"
+        "# Run it with: smartpt train --config-file THIS_FILE [key=value ...]\n"
+        f"# schedule: {json.dumps(schedule)}\n"
+    )
+    return header + text + ours
 
-        self.plan_path = plan_for_run(self.cfg, self.out, self.schedule["samples"] * self.seq_length * PLAN_MARGIN)
-        self.bridge.dataset = PhasedPlanDatasetProvider(
-            plan_path=str(self.plan_path),
-            seq_length=self.seq_length,
-            global_batch_size=self.global_batch_size,
-            baseline=None if self.cfg.data.arm == "planned" else self.cfg.data.arm,
-            seed=self.cfg.seed,
-            split=self.cfg.data.split,
-            path_to_cache=str(self.out / "index_cache"),
-            # On a GPU node, worker processes overlap loading with compute; on a 2-core CPU they only compete with it.
-            num_workers=2 if torch.cuda.is_available() else 0,
-            pin_memory=torch.cuda.is_available(),
-            persistent_workers=torch.cuda.is_available(),
-        )
 
-    def train(self) -> int:
-        from megatron.bridge.training.pretrain import pretrain
+def _schedule_preview(cfg: TrainConfig, bridge) -> dict:
+    from nemo_smartpt.reasoning.tokenizer import load_tokenizer
 
-        from nemo_smartpt.bridge.launch import ensure_single_process_env
-        from nemo_smartpt.bridge.objective import build_objective
+    tokenizer = load_tokenizer(cfg.data.tokenizer)
+    prompt_tokens = len(tokenizer.encode_batch([cfg.rlp.thought_prompt])[0]) if cfg.rlp.thought_prompt else 0
+    from nemo_smartpt.bridge.api import resolve_schedule
 
-        self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "smartpt_config.json").write_text(json.dumps(asdict(self.cfg), indent=2, default=str))
-        forward_step, callbacks = build_objective(self)
-        ensure_single_process_env()
-        pretrain(self.bridge, forward_step, callbacks=callbacks)
+    return resolve_schedule(cfg, copy.deepcopy(bridge), prompt_tokens)
+
+
+def train(sp) -> int:
+    """``pretrain()`` on what :func:`add_smartpt` built; a stop by SIGTERM or ``train.exit_interval`` is a clean exit
+    after Bridge saved a checkpoint."""
+    from megatron.bridge.training.pretrain import pretrain
+
+    from nemo_smartpt.bridge.launch import ensure_single_process_env
+    from nemo_smartpt.bridge.run_dir import scan_checkpoints
+
+    ensure_single_process_env()
+    try:
+        pretrain(sp.config, sp.forward_step, callbacks=sp.callbacks)
+    except SystemExit as exc:
+        if exc.code not in (0, None):
+            raise
+        saved = scan_checkpoints(sp.config.checkpoint.save).complete
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(
+                f"[smartpt] stopped at step {saved} of {sp.schedule['total_steps']} with a checkpoint in "
+                f"{sp.config.checkpoint.save}; the same command resumes",
+                flush=True,
+            )
         return 0
+    return 0
 
 
-def resolve_schedule(cfg: TrainConfig, bridge, prompt_tokens: int = 0) -> dict:
-    """Steps of each objective. ``train.train_iters`` counts next-token + RLP steps; a matched baseline replaces the
-    RLP steps by next-token steps over the same documents (token-matched) or the same FLOPs (FLOP-matched)."""
-    total = int(bridge.train.train_iters)
-    rlp_steps = cfg.schedule.rlp_steps
-    if rlp_steps > total:
-        from nemo_smartpt.overrides import OverrideError
-
-        raise OverrideError(f"schedule.rlp_steps={rlp_steps} exceeds train.train_iters={total}")
-    ntp_steps = total - rlp_steps
-    gbs, seq = int(bridge.train.global_batch_size), int(bridge.model.seq_length)
-    schedule = {"ntp_steps": ntp_steps, "rlp_steps": rlp_steps, "matched_ntp_steps": 0}
-    if rlp_steps and cfg.schedule.rlp_baseline != "none":
-        if cfg.schedule.rlp_baseline == "token_matched":
-            matched = rlp_steps
-        else:
-            from nemo_smartpt.bridge.compute import flop_matched_steps
-
-            matched = flop_matched_steps(cfg.rlp, bridge, rlp_steps, prompt_tokens)
-        schedule.update(rlp_steps=0, matched_ntp_steps=matched)
-    schedule["total_steps"] = schedule["ntp_steps"] + schedule["rlp_steps"] + schedule["matched_ntp_steps"]
-    schedule["samples"] = schedule["total_steps"] * gbs
-    schedule["tokens"] = schedule["samples"] * seq
-    return schedule
+def _key(arg: str) -> str:
+    try:
+        (override,) = parse_overrides([arg])
+    except Exception:
+        return ""
+    return override.key_or_group
 
 
 def _help() -> str:
@@ -182,12 +237,14 @@ def _help() -> str:
     presets = ", ".join(sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml")))
     return "\n".join(
         [
-            "usage: smartpt train [+experiment=NAME] [key=value ...] [--cfg job]",
+            "usage: smartpt train [+experiment=NAME] [--config-file JOB.yaml] [key=value ...] [--cfg job]",
             "",
             f"presets (conf/experiment): {presets}",
             "Any key outside ours goes to Megatron-Bridge's ConfigContainer (model.*, train.*, optimizer.*, "
             "checkpoint.*, logger.*, ...).",
-            "--cfg job prints the resolved configs and exits.",
+            "--cfg job prints the job as YAML on stdout (Bridge's ConfigContainer, ours under `smartpt:`) and exits;",
+            "--config-file PATH starts from such a YAML (or any ConfigContainer YAML) instead of recipe=.",
+            "The same command on an existing out_dir resumes it (resume.allow_changes=[KEY,...] lets settings differ).",
             "",
             describe(TrainConfig),
         ]

@@ -3,7 +3,8 @@
 Two config trees meet on one command line:
 
 - ours (:class:`TrainConfig`): ``experiment``, ``recipe``, ``out_dir``, ``seed``, ``data.*``, ``rlp.*``,
-  ``schedule.*``, ``eval.*`` — dataclasses, the only home of their defaults;
+  ``schedule.*``, ``eval.*``, ``resume.*`` — dataclasses, the only home of their defaults (the Python API,
+  :func:`nemo_smartpt.bridge.add_smartpt`, takes the same ones);
 - Megatron-Bridge's ``ConfigContainer``: every other top-level key (``model.*``, ``train.*``, ``optimizer.*``,
   ``checkpoint.*``, ``dataset.*``, ``logger.*``, ...), applied with Bridge's own ``process_config_with_overrides``.
 
@@ -83,6 +84,15 @@ class EvalConfig:
 
 
 @dataclass
+class ResumeConfig:
+    """What a command may change when it continues an existing run directory."""
+
+    allow_changes: list[str] = field(default_factory=list)
+    """Settings that may differ from the run's ``run_snapshot.json`` (``[train.train_iters]``, ``[rlp]`` for every
+    ``rlp.*``, ``[optimizer.lr,logger]``; ``*`` wildcards work). Anything else that differs fails in one line."""
+
+
+@dataclass
 class TrainConfig:
     """``smartpt train``: ours; Bridge's ConfigContainer fields are overridden with their own keys."""
 
@@ -98,17 +108,31 @@ class TrainConfig:
     model_config: str = "auto"
     """Where a recipe's Hugging Face model config comes from: ``auto`` (the HF cache, else the copy under
     ``conf/hf/``), ``hub``, or a local directory holding the model's ``config.json`` (offline clusters)."""
-    out_dir: str = "runs/train"
-    """Run directory: plan, checkpoints, tensorboard, metrics.jsonl, eval.json."""
+    out_dir: str = ""
+    """Run directory: plan, checkpoints, tensorboard, metrics.jsonl, eval.json; empty = ``runs/<experiment>``
+    (``runs/train`` without a preset), so presets never share one."""
     seed: int = 1234
     """Seed of weights, data order, rollouts."""
     data: DataConfig = field(default_factory=DataConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     rlp: RLPConfig = field(default_factory=RLPConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    resume: ResumeConfig = field(default_factory=ResumeConfig)
 
 
-OURS = {"experiment", "recipe", "shrink", "model_config", "out_dir", "seed", "data", "schedule", "rlp", "eval"}
+OURS = {
+    "experiment",
+    "recipe",
+    "shrink",
+    "model_config",
+    "out_dir",
+    "seed",
+    "data",
+    "schedule",
+    "rlp",
+    "eval",
+    "resume",
+}
 
 
 def flatten(tree: dict, prefix: str = "") -> list[str]:

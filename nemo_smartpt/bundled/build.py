@@ -56,6 +56,7 @@ def ensure_bundled_catalog(directory: str | Path, spec: CorpusSpec | None = None
             format="openthoughts" if name == "reasoning" else "text",
             tokenizer="byte",
             progress=not quiet,
+            overwrite=True,  # a changed spec rebuilds the project's own bundled files in place
             # The data-matched split: a quarter of the reasoning questions go to SFT, disjoint from pretraining.
             split=SplitConfig(sft_fraction=SFT_FRACTION if name == "reasoning" else 0.0),
         )

@@ -44,6 +44,15 @@ class PrepareConfig:
     """Selection preset the ``select`` block starts from (shq, ldq, lmq, none); ``select.*`` overrides win."""
     progress: bool = True
     """Show a progress bar (docs/s, tokens/s) on stderr."""
+    overwrite: bool = False
+    """Replace an existing dataset under ``output_prefix`` (its files of the old run that this run does not write
+    are removed); without it an existing dataset is refused."""
+    allow_empty: bool = False
+    """Accept a run that writes zero documents (otherwise it fails with the reason and writes nothing)."""
+    group_by: str = ""
+    """Record field (dotted path) whose value labels each document, e.g. a NeMo Curator classifier's
+    ``quality_pred``: writes one dataset ``<output_prefix>_<label>`` per value (``smartpt catalog`` turns them into a
+    catalog). Empty: one dataset."""
     render: RenderConfig = field(default_factory=RenderConfig)
     """How examples become pretraining text and SFT chats."""
     select: SelectConfig = field(default_factory=SelectConfig)
@@ -79,6 +88,8 @@ def check_prepare_config(cfg: PrepareConfig) -> None:
         raise PrepareConfigError(f"on_error must be skip or fail, got {cfg.on_error!r}")
     if cfg.encoding_errors not in ("replace", "strict"):
         raise PrepareConfigError(f"encoding_errors must be replace or strict, got {cfg.encoding_errors!r}")
+    if cfg.group_by and cfg.split.sft_fraction > 0.0:
+        raise PrepareConfigError("group_by writes one pretraining dataset per label; set split.sft_fraction=0")
     check_render_config(cfg.render)
     check_select_config(cfg.select)
     check_split_config(cfg.split)

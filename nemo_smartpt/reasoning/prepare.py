@@ -10,9 +10,13 @@ Memory stays flat in input size: the parent reads lines lazily and keeps at most
 (``Pool.imap`` would read the whole input ahead into its task queue, so the window is explicit here). What does grow is
 inherent: megatron-core's index (one length per document) and, with ``select.dedup``, one 64-bit key per question.
 
-Atomicity: every output is written under a temporary name next to its final one and renamed only after the whole
-run succeeded (the ``.idx`` last, since it is what makes the pair a dataset). A fatal error or Ctrl-C removes the
-temporary files, so no half-written dataset ever carries the final name.
+Atomicity and safety (:mod:`nemo_smartpt.reasoning.outputs`): every output is written under a temporary name next to
+its final one and renamed only after the whole run succeeded (the ``.idx`` last). A fatal error, Ctrl-C, SIGTERM or
+SIGHUP removes the temporary files, so no half-written dataset ever carries the final name. An output that is an
+input, an existing dataset (without ``overwrite=true``) or a directory-like prefix is refused before anything is read.
+
+A run that writes zero documents fails with the reason (``allow_empty=true`` accepts it); a decontamination that drops
+more than half of the records read adds a warning with the counts to the stats (the CLI prints it).
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ import json
 import logging
 import multiprocessing
 import os
+import re
+import signal
 import sys
 import time
 import warnings
@@ -30,6 +36,16 @@ from dataclasses import asdict
 from typing import Any
 
 from nemo_smartpt.reasoning.config import PrepareConfig, check_prepare_config
+from nemo_smartpt.reasoning.errors import ReasoningDataError
+from nemo_smartpt.reasoning.outputs import (
+    AtomicOutputs,
+    OutputPathError,
+    check_existing,
+    check_not_inputs,
+    check_prefix,
+    family,
+    remove_stale_partials,
+)
 from nemo_smartpt.reasoning.schemas import MalformedRecordError, expand_inputs, iter_raw
 from nemo_smartpt.reasoning.split import PRETRAIN, SFT, split_budgets
 from nemo_smartpt.reasoning.worker import ERROR, OK, ChunkResult, RecordProcessor, init_worker, process_chunk
@@ -39,41 +55,23 @@ logger = logging.getLogger(__name__)
 _SKIPPED_IN_STATS = 20
 """How many skipped records the stats file lists by name (all of them are in ``<prefix>.skipped.jsonl``)."""
 
+DECONTAM_WARN_FRACTION = 0.5
+"""A decontamination that drops more than this share of the records read is reported as a warning."""
+
+
+class EmptyOutputError(ReasoningDataError):
+    """The run would write a dataset with zero documents (and ``allow_empty`` is off)."""
+
 
 def output_paths(cfg: PrepareConfig) -> dict[str, str]:
     """The final paths ``prepare`` writes, by role."""
     prefix = cfg.output_prefix
-    paths = {
-        "bin": prefix + ".bin",
-        "idx": prefix + ".idx",
-        "stats": prefix + ".stats.json",
-        "skipped": prefix + ".skipped.jsonl",
-    }
+    paths = {"stats": prefix + ".stats.json", "skipped": prefix + ".skipped.jsonl"}
+    if not cfg.group_by:  # with group_by the datasets are <prefix>_<label>, known only once the labels are read
+        paths.update(bin=prefix + ".bin", idx=prefix + ".idx")
     if cfg.split.sft_fraction > 0.0:
         paths["sft"] = cfg.split.sft_output or prefix + ".sft.jsonl"
     return paths
-
-
-class AtomicOutputs:
-    """Temporary names for a set of final paths; :meth:`commit` renames them all, :meth:`discard` removes them."""
-
-    def __init__(self, finals: dict[str, str]) -> None:
-        self.finals = finals
-        self.temps = {role: f"{path}.partial-{os.getpid()}" for role, path in finals.items()}
-
-    def __getitem__(self, role: str) -> str:
-        return self.temps[role]
-
-    def commit(self) -> None:
-        """Rename every temporary file to its final name; the index last."""
-        for role in sorted(self.finals, key=lambda r: r == "idx"):
-            os.replace(self.temps[role], self.finals[role])
-
-    def discard(self) -> None:
-        """Remove whatever temporary files exist."""
-        for path in self.temps.values():
-            if os.path.exists(path):
-                os.remove(path)
 
 
 def _chunks(files: list[str], chunk_size: int) -> Iterator[list[tuple[int, int, Any]]]:
@@ -97,8 +95,17 @@ def _results(cfg: PrepareConfig, files: list[str], processor: RecordProcessor) -
         return
     # spawn: workers import only the light modules (no torch), and no fork-with-threads hazards.
     ctx = multiprocessing.get_context("spawn")
-    pool = ctx.Pool(cfg.workers, initializer=init_worker, initargs=(cfg,))
+    # A signal while the pool starts would leave started workers with no one to stop them: hold SIGINT/SIGTERM/SIGHUP
+    # until `pool` exists; one that arrived meanwhile is delivered at the unblock, inside the try below.
+    held = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
     try:
+        pool = ctx.Pool(cfg.workers, initializer=init_worker, initargs=(cfg,))
+    except BaseException:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        raise
+    try:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
         pending: deque = deque()
         window = 2 * cfg.workers
         for chunk in chunks:
@@ -127,45 +134,152 @@ def prepare(cfg: PrepareConfig) -> dict[str, Any]:
         warnings.simplefilter("ignore", UserWarning)
         from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
 
+    check_prefix(cfg.output_prefix)
     files = expand_inputs(cfg.input)
+    paths = output_paths(cfg)
+    check_not_inputs(
+        paths,
+        files
+        + (
+            expand_inputs(",".join(cfg.select.decontam_paths), "select.decontam_paths")
+            if cfg.select.decontam_paths
+            else []
+        ),
+        {"sft": "split.sft_output"},
+    )
+    stale = check_existing([cfg.output_prefix], paths.values(), cfg.overwrite) + _old_groups(cfg)
+    removed_partials = remove_stale_partials(paths.values())
     # Built here even when workers do the work: a bad tokenizer path or evaluation file fails before any process
     # starts, and the parent needs the token dtype and the evaluation-set size for the stats.
     processor = RecordProcessor(cfg)
-    paths = output_paths(cfg)
     for path in paths.values():
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     outputs = AtomicOutputs(paths)
     started = time.perf_counter()
-    builder = None
+    datasets = _Datasets(cfg, outputs, processor.dtype, IndexedDatasetBuilder)
     try:
-        dtype = processor.dtype
-        builder = IndexedDatasetBuilder(outputs["bin"], dtype=dtype)
         with (
             open(outputs["skipped"], "w", encoding="utf-8") as skipped_log,
             open(outputs.temps.get("sft", os.devnull), "w", encoding="utf-8") as sft_file,
         ):
-            stats = _write(cfg, files, processor, builder, skipped_log, sft_file)
-        builder.finalize(outputs["idx"])
+            stats = _write(cfg, files, processor, datasets, skipped_log, sft_file)
+        _check_output(cfg, stats)
+        datasets.finalize()
         stats.update(
             output_prefix=cfg.output_prefix,
-            outputs=paths,
-            dtype=dtype.__name__,
+            outputs=dict(outputs.finals),
+            groups=datasets.summary(),
+            removed_partial_files=removed_partials,
+            removed_stale_files=outputs.leftovers(stale),
+            dtype=processor.dtype.__name__,
             elapsed_s=round(time.perf_counter() - started, 3),
             config=asdict(cfg),
         )
         with open(outputs["stats"], "w", encoding="utf-8") as handle:
             json.dump(stats, handle, indent=2, ensure_ascii=False)
             handle.write("\n")
-        outputs.commit()
+        outputs.commit(stale)
     except BaseException:
-        if builder is not None and not builder.data_file.closed:
-            builder.data_file.close()
+        datasets.close()
         outputs.discard()
         raise
     return stats
 
 
-def _write(cfg: PrepareConfig, files: list[str], processor: RecordProcessor, builder, skipped_log, sft_file) -> dict:
+def _old_groups(cfg: PrepareConfig) -> list[str]:
+    """The group datasets an earlier ``group_by`` run listed in its stats file (stale once this run replaces it)."""
+    try:
+        with open(cfg.output_prefix + ".stats.json", encoding="utf-8") as handle:
+            old = json.load(handle).get("groups") or {}
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [p for entry in old.values() if isinstance(entry, dict) for p in family(str(entry.get("prefix", "")))]
+
+
+def _check_output(cfg: PrepareConfig, stats: dict[str, Any]) -> None:
+    """Zero documents is an error with its reason; a decontamination that drops most records is a warning."""
+    stats["warnings"] = []
+    dropped, records = stats["decontamination"]["dropped"], stats["records_read"]
+    if records and dropped > DECONTAM_WARN_FRACTION * records:
+        message = (
+            f"decontamination dropped {dropped} of {records} records ({100 * dropped / records:.0f}%) against "
+            f"{stats['decontamination']['eval_documents']} evaluation documents (select.decontam_paths, "
+            f"{stats['decontamination']['ngram']}-grams); check that the evaluation files are not the training data"
+        )
+        stats["warnings"].append(message)
+        logger.warning(message)
+    if stats["documents"] or cfg.allow_empty:
+        return
+    if not records:
+        why = f"input {cfg.input!r} holds no records"
+    else:
+        reasons = ", ".join(f"{k}={v}" for k, v in stats["skipped"].items()) or "none"
+        why = f"all {records} records read were skipped ({reasons}; see the skipped reasons above)"
+    raise EmptyOutputError(
+        f"no documents to write to {cfg.output_prefix}: {why}; nothing was written (allow_empty=true writes an "
+        f"empty dataset)"
+    )
+
+
+_LABEL_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+class _Datasets:
+    """The indexed datasets of one run: one, or one per ``group_by`` label (opened when the label first appears)."""
+
+    def __init__(self, cfg: PrepareConfig, outputs: AtomicOutputs, dtype, builder_cls) -> None:
+        self.cfg, self.outputs, self.dtype, self.builder_cls = cfg, outputs, dtype, builder_cls
+        self.builders: dict[str, Any] = {}
+        self.counts: dict[str, list[int]] = {}
+        self.prefixes: dict[str, str] = {}
+        if not cfg.group_by:
+            self.builders[""] = builder_cls(outputs["bin"], dtype=dtype)
+            self.prefixes[""] = cfg.output_prefix
+
+    def _open(self, label: str) -> Any:
+        safe = _LABEL_CHARS.sub("_", label).strip("_") or "_"
+        prefix = f"{self.cfg.output_prefix}_{safe}"
+        clash = [other for other, p in self.prefixes.items() if p == prefix]
+        if clash:
+            raise OutputPathError(
+                f"group_by labels {clash[0]!r} and {label!r} both map to the dataset prefix {prefix}; rename one"
+            )
+        finals = [prefix + ".bin", prefix + ".idx"]
+        check_existing([], finals, self.cfg.overwrite)
+        remove_stale_partials(finals)
+        self.outputs.add(f"idx:{label}", finals[1])
+        self.prefixes[label] = prefix
+        builder = self.builder_cls(self.outputs.add(f"bin:{label}", finals[0]), dtype=self.dtype)
+        self.builders[label] = builder
+        return builder
+
+    def add(self, label: str, ids) -> None:
+        builder = self.builders.get(label) or self._open(label)
+        builder.add_document(ids, [len(ids)])
+        count = self.counts.setdefault(label, [0, 0])
+        count[0] += 1
+        count[1] += len(ids)
+
+    def finalize(self) -> None:
+        for label, builder in self.builders.items():
+            builder.finalize(self.outputs["idx" if not self.cfg.group_by else f"idx:{label}"])
+
+    def close(self) -> None:
+        for builder in self.builders.values():
+            if not builder.data_file.closed:
+                builder.data_file.close()
+
+    def summary(self) -> dict[str, dict[str, Any]]:
+        """Per ``group_by`` label: its dataset prefix, documents and tokens (empty without ``group_by``)."""
+        if not self.cfg.group_by:
+            return {}
+        return {
+            label: {"prefix": self.prefixes[label], "documents": docs, "tokens": tokens}
+            for label, (docs, tokens) in sorted(self.counts.items())
+        }
+
+
+def _write(cfg: PrepareConfig, files: list[str], processor: RecordProcessor, datasets, skipped_log, sft_file) -> dict:
     """Consume ordered results: apply dedup, budgets and the split, write documents, count everything."""
     from tqdm import tqdm
 
@@ -225,7 +339,7 @@ def _write(cfg: PrepareConfig, files: list[str], processor: RecordProcessor, bui
                 per_domain["documents"] += 1
                 per_domain["tokens"] += result.tokens
                 if result.side == PRETRAIN:
-                    builder.add_document(ids, [len(ids)])
+                    datasets.add(result.group, ids)
                     written += 1
                 else:
                     sft_file.write(result.sft_line)
@@ -263,5 +377,6 @@ def _write(cfg: PrepareConfig, files: list[str], processor: RecordProcessor, bui
             "dropped": skipped.get("contaminated", 0),
         },
         "dedup_dropped": skipped.get("duplicate_question", 0),
+        "empty_documents": skipped.get("empty_text", 0),
         "stopped_early_at": stopped_at,
     }

@@ -5,8 +5,9 @@ Example (OpenThoughts jsonl -> SHQ selection -> 80% pretraining indexed dataset 
     smartpt prepare input='data/ot/*.jsonl' output_prefix=out/shq format=openthoughts selection=shq \\
         select.max_tokens=1000000 split.sft_fraction=0.2 workers=2
 
-Errors a user can fix (bad override, missing file, malformed record with ``on_error=fail``) print one line naming
-the field, file and line, and return a non-zero code; no traceback.
+Errors a user can fix (bad override, missing file, malformed record with ``on_error=fail``, an output that would
+overwrite an input or an existing dataset, zero documents) print one line naming the field, file and line, and return
+a non-zero code; no traceback. SIGINT, SIGTERM and SIGHUP remove the partial files and exit with 128 + the signal.
 """
 
 from __future__ import annotations
@@ -40,23 +41,36 @@ def main(args: list[str]) -> int:
     except (OverrideError, ReasoningDataError) as exc:
         print(f"smartpt prepare: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    from nemo_smartpt.reasoning.outputs import Interrupted, signals_as_interrupts
     from nemo_smartpt.reasoning.prepare import prepare
 
     try:
-        stats = prepare(cfg)
+        with signals_as_interrupts():
+            stats = prepare(cfg)
     except ReasoningDataError as exc:
         print(f"smartpt prepare: {exc}", file=sys.stderr)
         return EXIT_DATA
     except OSError as exc:
         print(f"smartpt prepare: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_DATA
-    except KeyboardInterrupt:
-        print("smartpt prepare: interrupted; no output written", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        signum = exc.signum if isinstance(exc, Interrupted) else 2
+        print(f"smartpt prepare: interrupted (signal {signum}); no output written", file=sys.stderr)
+        return 128 + signum
+    for warning in stats.get("warnings", []):
+        print(f"smartpt prepare: warning: {warning}", file=sys.stderr)
+    for path in stats.get("removed_partial_files", []):
+        print(f"smartpt prepare: removed {path}, left by an interrupted earlier run", file=sys.stderr)
     print(
-        f"prepare: {stats['documents']} documents, {stats['tokens']} tokens -> {cfg.output_prefix}.bin/.idx; "
+        f"prepare: {stats['documents']} documents, {stats['tokens']} tokens -> {_written(cfg, stats)}; "
         f"SFT {stats['sft']['examples']} examples; skipped {stats['skipped_total']} "
         f"({', '.join(f'{k}={v}' for k, v in stats['skipped'].items()) or 'none'}); "
         f"stats in {stats['outputs']['stats']}"
     )
     return 0
+
+
+def _written(cfg, stats) -> str:
+    if not stats.get("groups"):
+        return f"{cfg.output_prefix}.bin/.idx"
+    return ", ".join(f"{g['prefix']} ({g['documents']} docs)" for g in stats["groups"].values())

@@ -44,8 +44,10 @@ class RenderConfig:
     """The assistant message of the SFT conversation (same placeholders)."""
     include_system: bool = False
     """Put the record's system prompt as a ``system`` message in the SFT conversation."""
-    normalise_text_docs: bool = True
-    """Rewrite OpenThoughts thought markers as ``<think>`` tags in plain-``text`` records too."""
+    normalise_text_docs: bool = False
+    """Rewrite OpenThoughts thought markers as ``<think>`` tags (and drop solution markers) in plain-``text`` records
+    too. Off by default: a ``text`` document is tokenized exactly as written, as Megatron-LM's
+    ``tools/preprocess_data.py`` does."""
 
 
 class RenderError(ReasoningDataError):

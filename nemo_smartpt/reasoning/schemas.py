@@ -76,11 +76,15 @@ Record = ReasoningExample | TextDoc
 # Reading files
 
 
-def expand_inputs(spec: str) -> list[str]:
+def expand_inputs(spec: str, setting: str = "input") -> list[str]:
     """Expand a comma-separated list of files or globs into a sorted, de-duplicated file list.
 
     Sorting makes the record order (and so the budget and split decisions that depend on it) independent of the
     file system's listing order.
+
+    Args:
+        spec: the comma-separated files or globs.
+        setting: the setting they came from, named in the error (``input``, ``select.decontam_paths``).
 
     Raises:
         ReasoningDataError: when a pattern matches nothing.
@@ -92,10 +96,10 @@ def expand_inputs(spec: str) -> list[str]:
         matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
         matches = [m for m in matches if os.path.isfile(m)]
         if not matches:
-            raise ReasoningDataError(f"input {pattern!r} matches no file")
+            raise ReasoningDataError(f"{setting} {pattern!r} matches no file")
         files.extend(m for m in matches if m not in files)
     if not files:
-        raise ReasoningDataError("input is empty: give input=FILE_OR_GLOB[,FILE_OR_GLOB...]")
+        raise ReasoningDataError(f"{setting} is empty: give {setting}=FILE_OR_GLOB[,FILE_OR_GLOB...]")
     return files
 
 
@@ -274,6 +278,18 @@ def _pick_turns(turns: list[Any], role_key: str, text_key: str, field_name: str)
 
 def _strip_solution(text: str) -> str:
     return text.replace("<|begin_of_solution|>", "").replace("<|end_of_solution|>", "").strip()
+
+
+def group_label(obj: dict[str, Any], path: str) -> str:
+    """The ``group_by`` label of a record: the scalar at the dotted ``path``.
+
+    Raises:
+        MalformedRecordError: the field is missing or not a string/number/bool (reason ``missing_group``).
+    """
+    value = _lookup(obj, path)
+    if value is None or isinstance(value, dict | list) or value == "":
+        raise MalformedRecordError("missing_group", f"group_by field {path!r} is missing, empty or not a scalar")
+    return str(value)
 
 
 def _lookup(obj: Any, path: str) -> Any:

@@ -227,7 +227,7 @@ class DecontamIndex:
         if not cfg.decontam_paths:
             return None
         index = cls(cfg.decontam_ngram)
-        for path in expand_inputs(",".join(cfg.decontam_paths)):
+        for path in expand_inputs(",".join(cfg.decontam_paths), setting="select.decontam_paths"):
             with open(path, encoding="utf-8", errors="replace") as handle:
                 for lineno, line in enumerate(handle, start=1):
                     if not line.strip():

@@ -18,8 +18,15 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from nemo_smartpt.reasoning.config import PrepareConfig
+from nemo_smartpt.reasoning.outputs import quiet_worker_signals
 from nemo_smartpt.reasoning.render import normalise_markers, render_messages, render_text
-from nemo_smartpt.reasoning.schemas import MalformedRecordError, ReasoningExample, decode_payload, parse_record
+from nemo_smartpt.reasoning.schemas import (
+    MalformedRecordError,
+    ReasoningExample,
+    decode_payload,
+    group_label,
+    parse_record,
+)
 from nemo_smartpt.reasoning.select import (
     DecontamIndex,
     filter_reason,
@@ -51,6 +58,8 @@ class RecordResult(NamedTuple):
     sft_line: str = ""
     """The chat jsonl line, for SFT-side examples only."""
     utf8_repaired: bool = False
+    group: str = ""
+    """The ``group_by`` label of the record (empty without ``group_by``)."""
 
 
 class ChunkResult(NamedTuple):
@@ -79,6 +88,7 @@ class RecordProcessor:
         try:
             obj, repaired = decode_payload(payload, cfg.encoding_errors)
             record = parse_record(obj, cfg.format, cfg.mapping)
+            group = group_label(obj, cfg.group_by) if cfg.group_by else ""
         except MalformedRecordError as exc:
             return RecordResult(file_index, line, ERROR, exc.reason, exc.message), None
         domain = label_domain(record, cfg.select)
@@ -100,7 +110,7 @@ class RecordProcessor:
         if is_example and cfg.split.sft_fraction > 0.0:
             side = side_of(stable_hash(key_text, cfg.split.salt), cfg.split.sft_fraction)
         sft = chat_line(render_messages(record, cfg.render)) if side == SFT else ""
-        result = RecordResult(file_index, line, OK, "", "", domain, dedup_key, side, 0, sft, repaired)
+        result = RecordResult(file_index, line, OK, "", "", domain, dedup_key, side, 0, sft, repaired, group)
         return result, text
 
     def process(self, chunk: list[tuple[int, int, Any]]) -> ChunkResult:
@@ -137,6 +147,7 @@ _PROCESSOR: RecordProcessor | None = None
 def init_worker(cfg: PrepareConfig) -> None:
     """Pool initializer: build this process's tokenizer and decontamination index once."""
     global _PROCESSOR
+    quiet_worker_signals()
     # Each worker is one core's worth of tokenizing; Rust-side threads on top would only oversubscribe.
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     _PROCESSOR = RecordProcessor(cfg)

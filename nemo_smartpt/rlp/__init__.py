@@ -67,6 +67,7 @@ from nemo_smartpt.rlp.prompt import (
     rollout_prompt_ids,
     split_thought,
     stack_groups,
+    thought_ended,
 )
 
 __all__ = [
@@ -109,4 +110,5 @@ __all__ = [
     "sample_target_positions",
     "split_thought",
     "stack_groups",
+    "thought_ended",
 ]

@@ -17,6 +17,7 @@ from nemo_smartpt.rlp.prompt import DEFAULT_THOUGHT_PROMPT
 BASELINES = ("ema", "current", "none")
 GENERATION_ENGINES = ("auto", "kv_cache", "dynamic")
 TRUNCATION_POLICIES = ("force_close", "exclude")
+LR_SCHEDULES = ("constant", "linear", "cosine", "inverse-square-root")
 # Estimators under which a per-group constant added to every reward leaves the advantages unchanged, so S_ema
 # (identical for all G thoughts of a position) cancels from the gradient and only changes the logged reward.
 BASELINE_CANCELLING_ESTIMATORS = ("loo", "grpo")
@@ -115,6 +116,16 @@ class RLPConfig:
     """Thoughts that hit ``max_thought_tokens`` without ``</think>``: ``force_close`` appends ``</think>`` (no
     gradient on it) and scores; ``exclude`` drops them from the loss and from their group's baseline."""
 
+    logits_chunk_tokens: int = 1024
+    """Positions per chunk of output-layer logits in the training forward and the baseline: hidden states are
+    gathered at the scored positions (thought tokens, targets) before the output layer and the vocab-parallel
+    log-softmax runs over at most this many positions at a time (``[chunk, V/tp]`` fp32 ≈ 0.6 GB at 151,936 / TP=1)."""
+
+    max_positions_per_microbatch: int | None = None
+    """Cap on target positions (groups of G rows) trained per micro-batch; positions beyond it are carried to the
+    next micro-batches of the same step, and those left at the step's last micro-batch are dropped and counted
+    (``rlp carried positions``, ``rlp dropped positions``). None: every position drawn from the micro-batch."""
+
     ntp_loss_weight: float = 0.0
     """λ of an optional next-token loss on the same documents (0 as in the paper; > 0 for continued pretraining)."""
 
@@ -127,9 +138,48 @@ class RLPConfig:
     think_close: str = "</think>"
     """Text that ends a thought; generation stops on it."""
 
-    baseline_sees_prompt: bool = True
-    """Whether the no-thought baseline also sees ``thought_prompt`` before the context. The paper leaves this open;
-    True keeps the baseline's conditioning identical to the scorer's except for the thought itself."""
+    baseline_sees_prompt: bool = False
+    """Whether the no-thought baseline also sees ``thought_prompt`` before the context. The talk: "the same input
+    context without the prompt is passed to the No-Think baseline" (False). True keeps the baseline's conditioning
+    identical to the scorer's except for the thought; under ``loo`` the gradient is the same either way, only the
+    logged reward and positive-gain fraction differ."""
+
+    lr: float = 1e-6
+    """Learning rate of the RLP steps (paper: 1e-6 constant), in force from the first RLP step on; the next-token
+    steps before it keep the run's own ``optimizer.lr`` and scheduler."""
+
+    lr_schedule: str = "constant"
+    """Schedule of ``lr`` over the RLP steps: ``constant`` (the paper), ``linear``, ``cosine`` or
+    ``inverse-square-root`` (megatron-core's ``OptimizerParamScheduler``, counted in RLP steps, decaying to
+    ``min_lr`` at the last RLP step)."""
+
+    min_lr: float = 0.0
+    """Floor of a decaying RLP schedule (unused by ``constant``)."""
+
+    lr_warmup_steps: int = 0
+    """Linear warm-up from 0 to ``lr`` over the first RLP steps (not stated in the paper)."""
+
+    weight_decay: float = 0.0
+    """Decoupled weight decay during RLP steps (not stated in the paper; 0 as in TRL's GRPO trainer; with lr 1e-6 any
+    decay is negligible). Norm and bias parameters stay undecayed (Megatron's ``wd_mult``)."""
+
+    clip_grad: float = 1.0
+    """Global gradient-norm clip during RLP steps (0 disables; 1.0 as in TRL and NeMo-RL)."""
+
+    reset_optimizer_state: bool = True
+    """Zero the Adam moments and step counts at the first RLP step: the paper's RLP starts from a checkpoint with a
+    fresh optimizer, and next-token moments describe a different gradient (every token vs thought tokens only)."""
+
+    ema_from_theta_if_missing: bool = False
+    """A run that resumes inside its RLP phase from a checkpoint without the EMA state fails (one line) unless this is
+    True, which restarts φ = θ at the resumed step (the paper's initialisation, not a continuation)."""
+
+    shared_prefix_forward: bool = True
+    """Training forward in the grouped layout: each group's context ``P x_<t <think>`` is encoded once and its G
+    thoughts attend to it (Prefix Grouper's split, arXiv 2506.05433), instead of G rows that each re-encode it. Loss,
+    rewards and gradients equal the per-row layout (tests); at context : thought = 1 : 1 and G = 16 it needs ~1.9x
+    fewer tokens. Refused in one line at train start where it cannot run (context parallelism, Mamba/hybrid or MLA
+    layers, sliding windows, TE attention without flash-attn); false restores the per-row forward."""
 
     seed: int = 1234
     """Seed of position sampling and rollouts (combined with step and rank by the step)."""
@@ -200,6 +250,18 @@ class RLPConfig:
             "truncation",
             f"{self.truncation!r} is not one of {TRUNCATION_POLICIES}",
         )
+        _require(self.logits_chunk_tokens >= 1, "logits_chunk_tokens", f"must be >= 1, got {self.logits_chunk_tokens}")
+        _require(
+            self.max_positions_per_microbatch is None or self.max_positions_per_microbatch >= 1,
+            "max_positions_per_microbatch",
+            f"must be >= 1 or null, got {self.max_positions_per_microbatch}",
+        )
+        _require(math.isfinite(self.lr) and self.lr > 0, "lr", f"must be > 0, got {self.lr}")
+        _require(self.lr_schedule in LR_SCHEDULES, "lr_schedule", f"{self.lr_schedule!r} is not one of {LR_SCHEDULES}")
+        _require(0.0 <= self.min_lr <= self.lr, "min_lr", f"must be in [0, lr={self.lr}], got {self.min_lr}")
+        _require(self.lr_warmup_steps >= 0, "lr_warmup_steps", f"must be >= 0, got {self.lr_warmup_steps}")
+        _require(self.weight_decay >= 0.0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
+        _require(self.clip_grad >= 0.0, "clip_grad", f"must be >= 0 (0 disables), got {self.clip_grad}")
         _require(self.ntp_loss_weight >= 0.0, "ntp_loss_weight", f"must be >= 0, got {self.ntp_loss_weight}")
         _require(bool(self.think_open), "think_open", "must be a non-empty string")
         _require(bool(self.think_close), "think_close", "must be a non-empty string")

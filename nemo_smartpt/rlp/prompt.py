@@ -63,10 +63,13 @@ class ThoughtLayout:
     """Tokens that end a thought."""
     pad_id: int = 0
     """Padding id of the scoring batch (masked everywhere)."""
-    baseline_sees_prompt: bool = True
+    baseline_sees_prompt: bool = False
     """Whether the baseline sequence starts with ``prompt_ids`` (see ``RLPConfig.baseline_sees_prompt``)."""
     truncation: str = "force_close"
     """``force_close`` or ``exclude`` (see ``RLPConfig.truncation``)."""
+    end_ids: tuple[int, ...] = ()
+    """Single tokens that also end a thought (the end of document): kept as the thought's last policy token, then
+    ``</think>`` is appended without gradient; such a thought is not truncated."""
 
     def __post_init__(self):
         if not self.think_close_ids:
@@ -80,19 +83,31 @@ def rollout_prompt_ids(layout: ThoughtLayout, context_ids: Sequence[int]) -> lis
     return [*layout.prompt_ids, *context_ids, *layout.think_open_ids]
 
 
-def split_thought(thought_ids: Sequence[int], close_ids: Sequence[int], max_thought_tokens: int) -> tuple[list, bool]:
-    """Cut a sampled thought at its first ``</think>`` (kept) or at the length limit.
+def split_thought(
+    thought_ids: Sequence[int], close_ids: Sequence[int], max_thought_tokens: int, end_ids: Sequence[int] = ()
+) -> tuple[list, bool]:
+    """Cut a sampled thought at its first ``</think>`` (kept), its first end token (kept; EOD), or the length limit.
 
     Returns:
         ``(policy_ids, closed)``: the tokens the policy generated and is trained on, and whether it closed the
-        thought itself within ``max_thought_tokens`` tokens (``</think>`` included in the count).
+        thought itself with ``</think>`` within ``max_thought_tokens`` tokens (``</think>`` included in the count).
+        A thought ended by an end token is not closed (``</think>`` is appended) but not truncated either:
+        see :func:`thought_ended`.
     """
     thought = list(thought_ids)[:max_thought_tokens]
     k = len(close_ids)
-    for i in range(len(thought) - k + 1):
+    ends = set(int(t) for t in end_ids)
+    for i in range(len(thought)):
+        if thought[i] in ends:
+            return thought[: i + 1], False
         if thought[i : i + k] == list(close_ids):
             return thought[: i + k], True
     return thought, False
+
+
+def thought_ended(policy_ids: Sequence[int], closed: bool, end_ids: Sequence[int] = ()) -> bool:
+    """Whether the policy ended the thought itself (``</think>`` or an end token) rather than the length limit."""
+    return closed or (bool(policy_ids) and int(policy_ids[-1]) in set(int(t) for t in end_ids))
 
 
 @dataclasses.dataclass
@@ -138,12 +153,12 @@ def build_scoring_group(
     prefix = rollout_prompt_ids(layout, context_ids)
     rows, thought_spans, truncated, thought_lens = [], [], [], []
     for thought in thoughts:
-        policy_ids, closed = split_thought(thought, layout.think_close_ids, max_thought_tokens)
+        policy_ids, closed = split_thought(thought, layout.think_close_ids, max_thought_tokens, layout.end_ids)
         forced = [] if closed else list(layout.think_close_ids)
         rows.append(prefix + policy_ids + forced + [target_id])
         # The label at input position j is seq[j + 1]; thought token k of the sequence is predicted at k − 1.
         thought_spans.append((len(prefix) - 1, len(prefix) - 1 + len(policy_ids)))
-        truncated.append(not closed)
+        truncated.append(not thought_ended(policy_ids, closed, layout.end_ids))
         thought_lens.append(len(policy_ids))
 
     G = len(rows)

@@ -30,13 +30,16 @@ def write_tiny_rlp_corpus(data_dir: str | Path, min_len: int = 12, num_docs: int
     return str(data_dir)
 
 
-def tiny_rlp_run(data_dir: str, out_dir: str, rlp: dict | None = None, **pretrain_config):
+def tiny_rlp_run(
+    data_dir: str, out_dir: str, rlp: dict | None = None, start_step: int | None = None, **pretrain_config
+):
     """``(bridge_config, forward_step, callbacks)`` of a tiny RLP run; ``callbacks[0].run`` is the shared RLP state.
 
     Args:
         data_dir: a folder written by :func:`write_tiny_rlp_corpus`.
         out_dir: run directory (checkpoints, ``metrics.jsonl``).
         rlp: :class:`RLPConfig` fields over :data:`TINY_RLP_DEFAULTS`.
+        start_step: the first RLP step (None: all steps); the caller's forward step runs next-token steps before it.
         pretrain_config: keyword arguments of :func:`nemo_smartpt.bridge.recipe.cpu_pretrain_config` (train_iters,
             batch sizes, pipeline_parallel, save_interval, lr, ...).
     """
@@ -49,5 +52,7 @@ def tiny_rlp_run(data_dir: str, out_dir: str, rlp: dict | None = None, **pretrai
     cfg = cpu_pretrain_config(provider, out_dir, model=model, **pretrain_config)
     cfg.model.calculate_per_token_loss = True  # eq. 8's normaliser: thoughts summed over micro-batches and ranks
     rlp_cfg = RLPConfig(**{**TINY_RLP_DEFAULTS, **(rlp or {})})
-    forward_step, callbacks = build_rlp_training(rlp_cfg, TINY_RLP_LAYOUT, eod_id=TINY_RLP_EOD, run_dir=out_dir)
+    forward_step, callbacks = build_rlp_training(
+        rlp_cfg, TINY_RLP_LAYOUT, eod_id=TINY_RLP_EOD, run_dir=out_dir, start_step=start_step
+    )
     return cfg, forward_step, callbacks

@@ -171,6 +171,29 @@ def test_one_phase_equals_megatron_blended_dataset(data_dir, continuity, weights
             assert torch.equal(a[key], b[key]), (i, key)
 
 
+def test_one_phase_with_continuity_differs_from_megatron_past_one_epoch(data_dir):
+    """The third case of the docstring: math is drawn ~4 epochs, so with continuity its samples follow one shuffled
+    epoch after another, not megatron-core's one shuffle over all epochs; web and code (under one epoch) still equal."""
+    root, sources = data_dir
+    sources = [sources[0], sources[1], SourceSpec("code", sources[2].prefixes[:1])]
+    weights, n = [0.25, 0.7, 0.05], 1600
+    cfg = config(root, continuity=True)
+    ours = PhasedDataset(
+        sources, [PhaseSpec("only", dict(zip(["web", "math", "code"], weights)), end_sample=n)], cfg, TOKENIZER
+    )
+    theirs = megatron_blend(sources, weights, n, cfg)
+    assert ours.source_epochs()["math"] > 2 and ours.source_epochs()["web"] < 1
+    same = {0: 0, 1: 0, 2: 0}
+    total = {0: 0, 1: 0, 2: 0}
+    for i in range(n):
+        a, b = ours[i], theirs[i]
+        assert a["dataset_id"] == int(b["dataset_id"]), i  # the same source for every sample
+        total[a["dataset_id"]] += 1
+        same[a["dataset_id"]] += int(torch.equal(a["tokens"], b["tokens"]))
+    assert same[0] == total[0] and same[2] == total[2]  # under one epoch: equal
+    assert same[1] < 0.05 * total[1], same  # past one epoch: (almost) every math sample differs
+
+
 def source_streams(ds: PhasedDataset) -> dict[int, list]:
     streams: dict[int, list] = {}
     for i in range(len(ds)):

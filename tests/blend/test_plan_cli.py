@@ -49,14 +49,26 @@ def catalog(tmp_path):
 
 def test_plan_end_to_end(tmp_path, catalog, capsys):
     out = tmp_path / "out"
-    assert main(["plan", f"catalog={catalog}", "budget_tokens=1e4", f"out={out}", "phase_boundaries=[0.6]"]) == 0
+    args = [f"catalog={catalog}", "budget_tokens=1e4", f"out={out}", "phase_boundaries=[0.6]", "seq_length=16"]
+    assert main(["plan", *args]) == 0
     printed = capsys.readouterr().out
     assert "crawl_high" in printed and "phase2" in printed
     data = json.loads((out / "plan.json").read_text())
-    assert set(data) == {"budget_tokens", "seed", "sources", "phases", "baselines"}
+    assert set(data) == {
+        "budget_tokens",
+        "seed",
+        "sources",
+        "phases",
+        "baselines",
+        "split",
+        "seq_length",
+        "global_batch_size",
+    }
+    assert (data["split"], data["seq_length"], data["global_batch_size"]) == ("98,1,1", 16, 0)
     assert data["budget_tokens"] == 10_000 and [p["name"] for p in data["phases"]] == ["phase1", "phase2"]
     by_name = {s["name"]: s for s in data["sources"]}
-    assert by_name["crawl_medium"]["tokens"] == 3000 and by_name["crawl_medium"]["documents"] == 60
+    # the train part of split 98,1,1: round(0.98 * 60) = 59 of the 60 documents
+    assert by_name["crawl_medium"]["tokens"] == 2950 and by_name["crawl_medium"]["documents"] == 59
     for s in data["sources"]:  # every cap respected
         assert s["planned_tokens"] <= s["max_epochs"] * s["tokens"]
         assert s["epochs"] <= s["max_epochs"] * (1 + 1e-9)
@@ -75,6 +87,7 @@ def test_plan_end_to_end(tmp_path, catalog, capsys):
 def test_sweep_writes_one_plan_per_count(tmp_path, catalog):
     out = tmp_path / "sweep"
     args = [f"catalog={catalog}", "budget_tokens=1e4", f"out={out}", "sweep.category=math", "sweep.epochs=[1,2,4]"]
+    args.append("seq_length=16")
     assert main(["plan", *args, "quiet=true"]) == 0
     index = json.loads((out / "sweep.json").read_text())
     assert list(index["plans"]) == ["1", "2", "4"]
@@ -114,7 +127,7 @@ def test_help_lists_fields_and_defaults(capsys):
 )
 def test_bad_input_is_one_line_error(tmp_path, catalog, capsys, args, message):
     args = [a.format(catalog=catalog, tmp=tmp_path) for a in args]
-    assert main(["plan", *args, f"out={tmp_path / 'o'}", "quiet=true"]) == 2
+    assert main(["plan", *args, f"out={tmp_path / 'o'}", "quiet=true", "seq_length=16"]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
 
@@ -123,11 +136,11 @@ def test_bad_catalog_entries_are_one_line_errors(tmp_path, catalog, capsys):
     data = yaml.safe_load(open(catalog))
     data["sources"][1]["quality"] = "superb"
     open(catalog, "w").write(yaml.safe_dump(data))
-    assert main(["plan", f"catalog={catalog}", "budget_tokens=1e4", f"out={tmp_path / 'o'}"]) == 2
+    assert main(["plan", f"catalog={catalog}", "budget_tokens=1e4", f"out={tmp_path / 'o'}", "seq_length=16"]) == 2
     err = capsys.readouterr().err.strip()
     assert "'crawl_medium'" in err and "'superb'" in err and len(err.splitlines()) == 1
     (tmp_path / "data" / "math.idx").write_bytes(b"garbage" * 20)
     data["sources"][1]["quality"] = "medium"
     open(catalog, "w").write(yaml.safe_dump(data))
-    assert main(["plan", f"catalog={catalog}", "budget_tokens=1e4", f"out={tmp_path / 'o'}"]) == 2
+    assert main(["plan", f"catalog={catalog}", "budget_tokens=1e4", f"out={tmp_path / 'o'}", "seq_length=16"]) == 2
     assert "math.idx" in capsys.readouterr().err

@@ -51,7 +51,8 @@ def test_plan_json_has_the_contract_shape(tmp_path):
     plan = make_plan()
     save_plan(plan, str(tmp_path / "plan.json"))
     data = json.loads((tmp_path / "plan.json").read_text())
-    assert set(data) == {"budget_tokens", "seed", "sources", "phases", "baselines"}
+    keys = {"budget_tokens", "seed", "sources", "phases", "baselines", "split", "seq_length", "global_batch_size"}
+    assert set(data) == keys
     assert (data["budget_tokens"], data["seed"]) == (10_000, 7)
     required = {
         "name",

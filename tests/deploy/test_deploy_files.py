@@ -55,6 +55,58 @@ def test_sbatch_script_parses_and_passes_overrides_to_torchrun():
     assert "-m nemo_smartpt train" in text and '"$@"' in text
 
 
+def test_sbatch_script_is_requeue_safe():
+    """--requeue, a SIGTERM ahead of the time limit, and a run directory that is not the job id."""
+    text = (ROOT / "examples" / "slurm" / "train.sbatch").read_text()
+    directives = [line.split(None, 1)[1] for line in text.splitlines() if line.startswith("#SBATCH ")]
+    assert "--requeue" in directives
+    signal = [d for d in directives if d.startswith("--signal=")]
+    assert len(signal) == 1 and re.fullmatch(r"--signal=(B:)?TERM@\d+", signal[0]), signal
+    assert int(signal[0].rsplit("@", 1)[1]) >= 60  # time for a step and a checkpoint save
+    assert "SLURM_JOB_ID" not in text.split("RUN_DIR=", 1)[1].split("\n", 1)[0]
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_sbatch_script_resumes_in_the_same_run_directory_after_a_requeue(tmp_path):
+    """The script itself, run twice as two jobs (a requeue gets a new restart count, a resubmission a new job id), with
+    stand-ins for the cluster's srun/scontrol/torchrun (there is no Slurm here) that record what they were given."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    record = tmp_path / "torchrun.args"
+    (bin_dir / "scontrol").write_text("#!/bin/bash\necho node001\n")
+    # srun: drop its own --options and run the command (the container is this machine).
+    (bin_dir / "srun").write_text('#!/bin/bash\nwhile [[ "$1" == --* ]]; do shift; done\nexec "$@"\n')
+    (bin_dir / "torchrun").write_text(f'#!/bin/bash\nprintf "%s\\n" "$@" > {record}\necho "$RUN_DIR" >> {record}\n')
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+    script = ROOT / "examples" / "slurm" / "train.sbatch"
+    seen = []
+    for job_id, restart in (("101", "0"), ("101", "1"), ("202", "0")):
+        env = {
+            "PATH": f"{bin_dir}:/usr/bin:/bin",
+            "SLURM_JOB_ID": job_id,
+            "SLURM_RESTART_COUNT": restart,
+            "SLURM_JOB_NODELIST": "node001",
+            "SLURM_NNODES": "1",
+            "SLURM_NODEID": "0",
+            "RUN_ROOT": str(tmp_path / "runs"),
+            "IMAGE": "img.sqsh",
+            "DATA_DIR": str(tmp_path),
+        }
+        overrides = ["+experiment=volta", "train.train_iters=5", "data.catalog=/lustre/data/catalog.yaml"]
+        subprocess.run(["bash", str(script), *overrides], env=env, cwd=tmp_path, check=True, capture_output=True)
+        args = record.read_text().splitlines()
+        seen.append(args)
+        module = args.index("-m")
+        assert args[module + 1 : module + 3] == ["nemo_smartpt", "train"]
+        assert args[module + 3 :] == [
+            f"out_dir={tmp_path / 'runs' / 'volta'}",
+            *overrides,
+            str(tmp_path / "runs" / "volta"),
+        ]
+    assert seen[0] == seen[1] == seen[2]
+
+
 def test_ci_runs_the_readme_test_command():
     ci = (ROOT / ".ci" / "run").read_text()
     assert "make test" in ci

@@ -80,7 +80,11 @@ def test_stats_domains_and_text_format(tmp_path):
     stats = prepare(PrepareConfig(input=str(DATA / "openthoughts3.jsonl"), output_prefix=prefix, progress=False))
     # labels from the data's own field: math, biology -> science, math
     assert stats["domains"]["math"]["documents"] == 2 and stats["domains"]["science"]["documents"] == 1
-    stats = prepare(PrepareConfig(input=str(DATA / "text.jsonl"), output_prefix=prefix, format="text", progress=False))
+    stats = prepare(
+        PrepareConfig(
+            input=str(DATA / "text.jsonl"), output_prefix=prefix, format="text", progress=False, overwrite=True
+        )
+    )
     assert read_docs(prefix)[1] == list(b"def add(a, b):\n    return a + b\n") + [256]
     assert stats["domains"]["code"]["documents"] == 1
 
@@ -120,7 +124,9 @@ def test_failure_keeps_previous_output_intact(tmp_path, monkeypatch):
 
     monkeypatch.setattr(mod, "_write", boom)
     with pytest.raises(KeyboardInterrupt):
-        prepare(PrepareConfig(input=str(DATA / "nemotron.jsonl"), output_prefix=prefix, progress=False))
+        prepare(
+            PrepareConfig(input=str(DATA / "nemotron.jsonl"), output_prefix=prefix, progress=False, overwrite=True)
+        )
     assert {name: (tmp_path / name).read_bytes() for name in os.listdir(tmp_path)} == before
 
 
@@ -131,7 +137,11 @@ def test_non_utf8_repaired_and_counted(tmp_path):
     assert read_docs(prefix)[0][:6] == list("café".replace("é", "\ufffd").encode())[:6]
     stats = prepare(
         PrepareConfig(
-            input=str(DATA / "non_utf8.jsonl"), output_prefix=prefix, encoding_errors="strict", progress=False
+            input=str(DATA / "non_utf8.jsonl"),
+            output_prefix=prefix,
+            encoding_errors="strict",
+            progress=False,
+            overwrite=True,
         )
     )
     assert stats["skipped"] == {"invalid_utf8": 1}

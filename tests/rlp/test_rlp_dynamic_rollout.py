@@ -77,6 +77,18 @@ def test_multi_token_stop_is_kept_and_ends_the_thought(gpt, paged_attention):
     assert len(got[0].logprobs[0]) == 5
 
 
+def test_end_of_document_ends_a_thought_as_in_the_kv_cache_sampler(gpt, paged_attention):
+    prompts, G = _prompts(), 2
+    free = KVCacheSampler(10, STOP, temperature=1.0, greedy=True).generate_groups(gpt, prompts, G)
+    eod = free[0].thoughts[0][2]  # the third greedy token of the first prompt becomes the end of document
+    ref = KVCacheSampler(10, STOP, temperature=1.0, greedy=True, end_ids=(eod,)).generate_groups(gpt, prompts, G)
+    got = _dynamic(greedy=True, end_ids=(eod,)).generate_groups(gpt, prompts, G)
+    first = free[0].thoughts[0]
+    assert ref[0].thoughts[0] == first[: first.index(eod) + 1]
+    assert [g.thoughts for g in got] == [g.thoughts for g in ref]
+    assert [len(lp) for g in got for lp in g.logprobs] == [len(t) for g in got for t in g.thoughts]
+
+
 def test_sampling_is_seeded_and_rows_differ(gpt, paged_attention):
     prompts = _prompts()[:2]
     sampler = _dynamic(temperature=0.7)

@@ -63,20 +63,17 @@ def test_attention_term_grows_with_context():
 
 def test_from_config_follows_baseline_and_ntp_options():
     spec = ModelFlopsSpec(N)
-    cfg = RLPConfig(num_rollouts=4, max_thought_tokens=32, positions_per_document=2)
+    cfg = RLPConfig(num_rollouts=4, max_thought_tokens=32, positions_per_document=2, baseline_sees_prompt=True)
     s = rlp_step_flops_from_config(cfg, spec, num_documents=3, context_tokens=100, prompt_tokens=20)
     assert s.generated_tokens == 3 * 2 * 4 * 32
     assert s.baseline == pytest.approx(6 * 2 * N * (100 + 20))
+    # The default: the baseline sees the context without the prompt (the talk).
     no_prompt = rlp_step_flops_from_config(
-        RLPConfig(num_rollouts=4, max_thought_tokens=32, positions_per_document=2, baseline_sees_prompt=False),
-        spec,
-        3,
-        100,
-        20,
+        RLPConfig(num_rollouts=4, max_thought_tokens=32, positions_per_document=2), spec, 3, 100, 20
     )
     assert no_prompt.baseline == pytest.approx(6 * 2 * N * 100)
     thinned = rlp_step_flops_from_config(RLPConfig(baseline_every=4), spec, 3, 100, 20, mean_thought_tokens=10)
-    assert thinned.baseline == pytest.approx(3 * 2 * N * 120 / 4)
+    assert thinned.baseline == pytest.approx(3 * 2 * N * 100 / 4)
     assert rlp_step_flops_from_config(RLPConfig(baseline="none"), spec, 3, 100, 20).baseline == 0
     with pytest.raises(ValueError, match="seq_len"):
         rlp_step_flops_from_config(RLPConfig(ntp_loss_weight=0.1), spec, 3, 100, 20)

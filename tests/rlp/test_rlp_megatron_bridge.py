@@ -1,8 +1,8 @@
 """RLP through Megatron-Bridge's ``pretrain()`` on CPU: a tiny GPT, G=4, 8-token thoughts, a few steps.
 
 The forward step prepares each micro-batch (positions, KV-cache rollouts, EMA baseline) from Bridge's own packed
-samples and returns the RLP loss; the callback updates the EMA, logs the metrics and saves the EMA side file with the
-checkpoint.
+samples and returns the RLP loss; the callback updates the EMA, logs the metrics and saves the EMA with the
+checkpoint (a Megatron distributed checkpoint in the iteration directory).
 """
 
 from __future__ import annotations
@@ -63,10 +63,10 @@ def test_rlp_runs_through_bridge_pretrain(tmp_path):
             assert key in m and math.isfinite(m[key]), (key, m.get(key))
         assert m["rlp prefills"] == m["rlp positions"] > 0  # one prefill per group
         assert 0 < m["rlp thought length"] <= 8
-    assert (out / "checkpoints" / f"iter_{ITERS:07d}" / "rlp_ema_rank0.pt").exists()
+    assert (out / "checkpoints" / f"iter_{ITERS:07d}" / "rlp_ema" / "metadata.json").exists()  # φ, sharded
     assert list((out / "tb").iterdir())  # tensorboard events written
 
-    # Resume from the iteration-3 checkpoint: the EMA and counters come back from the side file, then one more step.
+    # Resume from the iteration-3 checkpoint: the EMA and counters come back from the EMA checkpoint, then one more step.
     ((totals, ema_updates),) = run_distributed(_train, 1, str(tmp_path / "data"), str(out), ITERS + 1, timeout=600)
     assert totals["steps"] == ITERS + 1 and ema_updates == ITERS + 1
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]

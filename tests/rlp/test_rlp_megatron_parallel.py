@@ -23,7 +23,17 @@ pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 SPEC = TinyGPTSpec(num_layers=2, hidden_size=32, num_attention_heads=4, vocab_size=128, seq_length=32)
 EOD = 127
 LAYOUT = ThoughtLayout(prompt_ids=(120,), think_open_ids=(121,), think_close_ids=(122,), pad_id=0)
-CFG = RLPConfig(num_rollouts=4, max_thought_tokens=6, min_context=3, max_context=12, seed=3)
+# A 5-position logits chunk: the chunked, gathered-positions log-probs run over several chunks under TP=2 too.
+# The per-row forward with fixed pipeline shapes; the grouped one: test_rlp_shared_prefix_parallel.py.
+CFG = RLPConfig(
+    num_rollouts=4,
+    max_thought_tokens=6,
+    min_context=3,
+    max_context=12,
+    seed=3,
+    logits_chunk_tokens=5,
+    shared_prefix_forward=False,
+)
 LENGTH, NUM_MICRO = 24, 2
 
 
@@ -93,7 +103,7 @@ def _parallel(rank, world_size, tp, pp, state_path, batch_path):
     from megatron.core import parallel_state
 
     from nemo_smartpt.rlp.megatron.logprobs import vocab_parallel_logprobs
-    from nemo_smartpt.rlp.megatron.step import rlp_forward
+    from nemo_smartpt.rlp.megatron.step import logprobs_from_logits, rlp_forward
     from nemo_smartpt.testing.megatron import build_tiny_gpt, init_model_parallel, load_full_state_dict, sharded_grads
 
     init_model_parallel(tp, pp, seed=99)  # a different seed: the weights must come from the reference
@@ -104,8 +114,11 @@ def _parallel(rank, world_size, tp, pp, state_path, batch_path):
     if pp == 1:
         with torch.no_grad():
             logp = vocab_parallel_logprobs(rlp_forward(batches[0], model), batches[0]["labels_NL"], CFG.temperature)
+            # Logits only at the scored positions, in chunks, equal the full-logits path on every TP rank.
+            selected = rlp_forward(batches[0], model, CFG)
+            full = logprobs_from_logits(CFG, batches[0], rlp_forward(batches[0], model))
         # Generation under TP: both ranks must draw the same tokens (same seed, gathered logits).
-        logp = (logp, _greedy_rollouts(model), _sampled_rollouts(model))
+        logp = (logp, _greedy_rollouts(model), _sampled_rollouts(model), (selected, full))
     losses = _run_schedule(model, batches)
     grads = sharded_grads(model, SPEC.num_layers)
     return losses, grads, logp, parallel_state.is_pipeline_last_stage()
@@ -126,9 +139,12 @@ def test_rlp_loss_and_grads_match_single_process(reference, tp, pp):
     results = run_distributed(_parallel, 2, tp, pp, str(d / "s.pt"), str(d / "b.pt"), timeout=300)
     checked = set()
     if tp == 2:
-        (_, greedy0, sampled0), (_, greedy1, sampled1) = results[0][2], results[1][2]
+        (_, greedy0, sampled0, _), (_, greedy1, sampled1, _) = results[0][2], results[1][2]
         assert greedy0 == greedy1 == ref_greedy
         assert sampled0 == sampled1
+        for _, _, _, (selected, full) in (results[0][2], results[1][2]):
+            assert selected.abs().sum() > 0
+            torch.testing.assert_close(selected, full, rtol=1e-5, atol=1e-5)
     for losses, grads, logp, is_last in results:
         if logp is not None:
             torch.testing.assert_close(logp[0], ref_logp, rtol=1e-5, atol=1e-5)

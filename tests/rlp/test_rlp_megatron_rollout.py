@@ -62,3 +62,21 @@ def test_sample_tokens_top_p_keeps_the_nucleus():
     assert draws == {0, 1}
     with pytest.raises(ValueError):
         KVCacheSampler(max_new_tokens=0, stop_ids=STOP)
+
+
+def test_end_of_document_ends_a_thought_in_the_kv_cache_sampler(tiny_gpt):
+    prompts = _prompts()
+    free = KVCacheSampler(max_new_tokens=10, stop_ids=STOP, greedy=True).generate_groups(tiny_gpt, prompts, 2)
+    eod = free[0].thoughts[0][2]  # the third greedy token of the first prompt becomes the end of document
+    got = KVCacheSampler(max_new_tokens=10, stop_ids=STOP, greedy=True, end_ids=(eod,)).generate_groups(
+        tiny_gpt, prompts, 2
+    )
+    ref = NoCacheSampler(max_new_tokens=10, stop_ids=STOP, greedy=True, end_ids=(eod,)).generate_groups(
+        tiny_gpt, prompts, 2
+    )
+    first = free[0].thoughts[0]
+    assert got[0].thoughts[0] == first[: first.index(eod) + 1]  # cut right after the EOD
+    assert [g.thoughts for g in got] == [g.thoughts for g in ref]
+    for g, f in zip(got, free):
+        for t, u in zip(g.thoughts, f.thoughts):
+            assert t == (u[: u.index(eod) + 1] if eod in u else u)

@@ -108,3 +108,18 @@ def test_layout_rejects_bad_settings():
         ThoughtLayout(PROMPT, OPEN, ())
     with pytest.raises(ValueError):
         ThoughtLayout(PROMPT, OPEN, CLOSE, truncation="drop")
+
+
+def test_end_of_document_ends_a_thought():
+    from nemo_smartpt.rlp import thought_ended
+
+    EOD = 9
+    assert split_thought([5, EOD, 6, 202, 203], CLOSE, 10, end_ids=(EOD,)) == ([5, EOD], False)
+    assert split_thought([5, 202, 203, EOD], CLOSE, 10, end_ids=(EOD,)) == ([5, 202, 203], True)
+    assert thought_ended([5, EOD], False, (EOD,)) and not thought_ended([5, 6], False, (EOD,))
+    group = build_scoring_group(layout(end_ids=(EOD,)), [40, 41], [[5, EOD, 7], [5, 6, 7]], 77, max_thought_tokens=3)
+    assert group.truncated_G.tolist() == [False, True]  # EOD ended thought 0; thought 1 hit the limit
+    prefix = len(PROMPT) + 2 + len(OPEN)
+    row0 = group.input_ids_GL[0].tolist()
+    assert row0[prefix : prefix + 4] == [5, EOD, *CLOSE]  # EOD kept, </think> appended
+    assert group.thought_len_G.tolist() == [2, 3] and int(group.thought_mask_GL[0].sum()) == 2

@@ -10,7 +10,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from nemo_smartpt.blend.catalog import catalog_from_dict
-from nemo_smartpt.bridge.data import run_catalog
+from nemo_smartpt.bridge.data import catalog_text
 from nemo_smartpt.bridge.train_config import CONF_DIR, TrainConfig, check_train_config, split_command_line
 from nemo_smartpt.overrides import OverrideError, build_config
 from nemo_smartpt.reasoning.select import SelectConfig, load_preset
@@ -55,12 +55,12 @@ def test_catalog_files_are_valid_catalogs(path):
 
 
 @pytest.mark.parametrize("arm", ["shq", "ldq", "lmq"])
-def test_reasoning_arm_keeps_only_its_source_at_20_percent_of_phase_2(arm, tmp_path):
+def test_reasoning_arm_keeps_only_its_source_at_20_percent_of_phase_2(arm):
     ours, _, _ = split_command_line(
         [f"+experiment=reasoning_{arm}", f"data.catalog={CONF_DIR / 'catalog' / 'reasoning_arms.yaml'}"]
     )
     cfg = build_config(TrainConfig, ours)
-    written = yaml.safe_load(run_catalog(cfg, tmp_path).read_text())
+    written = yaml.safe_load(catalog_text(cfg))
     reasoning = [s for s in written["sources"] if s["category"] == "reasoning"]
     assert [s["name"] for s in reasoning] == [f"reasoning_{arm}"]
     assert reasoning[0]["target_share"] == 0.2 and reasoning[0]["phases"] == ["phase2"]
@@ -68,15 +68,15 @@ def test_reasoning_arm_keeps_only_its_source_at_20_percent_of_phase_2(arm, tmp_p
     assert {s["name"] for s in written["sources"]} >= {"crawl_high", "math"}
 
 
-def test_reasoning_base_drops_every_reasoning_source(tmp_path):
+def test_reasoning_base_drops_every_reasoning_source():
     ours, _, _ = split_command_line(
         ["+experiment=reasoning_base", f"data.catalog={CONF_DIR / 'catalog' / 'reasoning_arms.yaml'}"]
     )
-    written = yaml.safe_load(run_catalog(build_config(TrainConfig, ours), tmp_path).read_text())
+    written = yaml.safe_load(catalog_text(build_config(TrainConfig, ours)))
     assert not [s for s in written["sources"] if s["category"] == "reasoning"]
 
 
-def test_unknown_reasoning_source_is_named(tmp_path):
+def test_unknown_reasoning_source_is_named():
     cfg = SimpleNamespace(
         data=SimpleNamespace(
             catalog=str(CONF_DIR / "catalog" / "reasoning_arms.yaml"),
@@ -87,7 +87,7 @@ def test_unknown_reasoning_source_is_named(tmp_path):
         )
     )
     with pytest.raises(OverrideError, match="reasoning_xyz"):
-        run_catalog(cfg, tmp_path)
+        catalog_text(cfg)
 
 
 def test_preset_values_survive_hydra_quoting():

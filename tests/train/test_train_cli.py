@@ -20,16 +20,7 @@ pytestmark = pytest.mark.slow
 TINY = ["model.seq_length=64", "train.global_batch_size=8", "train.micro_batch_size=4", "eval.enabled=false"]
 
 
-@pytest.fixture(scope="module")
-def bundled(tmp_path_factory):
-    from nemo_smartpt.bundled.build import ensure_bundled_catalog
-
-    directory = tmp_path_factory.mktemp("bundled")
-    ensure_bundled_catalog(directory)
-    return str(directory)
-
-
-def smartpt(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+def smartpt(*args: str, timeout: int = 3600) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     return subprocess.run(
         [sys.executable, "-m", "nemo_smartpt", "train", *args],
@@ -68,27 +59,6 @@ def test_volta_switches_phase_at_the_planned_sample_and_logs_loss_per_phase(tmp_
     assert records[-1]["lm_loss"] < records[0]["lm_loss"]
 
 
-def test_resume_with_the_same_command_continues_the_same_stream(tmp_path, bundled):
-    common = [
-        f"data.bundled_dir={bundled}",
-        "+experiment=ampere",
-        "train.train_iters=12",
-        "checkpoint.save_interval=6",
-    ]
-    full, cut = tmp_path / "full", tmp_path / "cut"
-    assert smartpt(f"out_dir={full}", *common, *TINY).returncode == 0
-    first = smartpt(f"out_dir={cut}", *common, *TINY, "train.exit_interval=6")
-    assert first.returncode == 0, first.stderr[-3000:]
-    assert (cut / "checkpoints" / "iter_0000006").is_dir()
-    second = smartpt(f"out_dir={cut}", *common, *TINY)  # the same command again
-    assert second.returncode == 0, second.stderr[-3000:]
-    by_step_full = {r["step"]: r["lm_loss"] for r in metrics(full)}
-    resumed = [r for r in metrics(cut) if r["step"] > 6]
-    assert [r["step"] for r in resumed] == list(range(7, 13))
-    for record in resumed:
-        assert record["lm_loss"] == by_step_full[record["step"]], record["step"]
-
-
 def test_presets_and_bridge_overrides_resolve(bundled):
     result = smartpt("+experiment=pascal", "train.train_iters=7", f"data.bundled_dir={bundled}", "--cfg", "job")
     assert result.returncode == 0, result.stderr[-2000:]
@@ -102,7 +72,7 @@ def test_flop_matched_baseline_trains_more_next_token_steps_than_rlp_steps(bundl
     token = smartpt(*args, "schedule.rlp_baseline=token_matched", "--cfg", "job")
     flop = smartpt(*args, "schedule.rlp_baseline=flop_matched", "--cfg", "job")
     assert token.returncode == 0 and flop.returncode == 0, flop.stderr[-2000:]
-    schedule = lambda out: json.loads(out.split("# schedule\n")[1].split("\n\n")[0])  # noqa: E731
+    schedule = lambda out: json.loads(out.split("# schedule: ")[1].splitlines()[0])  # noqa: E731
     token_s, flop_s = schedule(token.stdout), schedule(flop.stdout)
     assert token_s == {**token_s, "ntp_steps": 7, "rlp_steps": 0, "matched_ntp_steps": 3, "total_steps": 10}
     assert flop_s["rlp_steps"] == 0 and flop_s["matched_ntp_steps"] > 3
@@ -123,7 +93,7 @@ def test_demo_runs_the_whole_story_and_writes_the_report(tmp_path):
         [sys.executable, "-m", "nemo_smartpt", "demo", f"out_dir={out}", *world, "train_iters=24", "rlp_steps=4"],
         capture_output=True,
         text=True,
-        timeout=900,
+        timeout=3600,
         env=env,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -149,8 +119,8 @@ def test_demo_runs_the_whole_story_and_writes_the_report(tmp_path):
             "rlp_flops_generation",
             "rlp_flops_training",
             "rlp_flops_baseline",
-            "rlp_generation_tokens/s",
-            "rlp_training_tokens/s",
+            "rlp_generation_tokens_per_s",
+            "rlp_training_tokens_per_s",
             "rlp_positive_gain_fraction",
         ):
             assert key in r and r[key] == r[key], key  # present and not NaN
@@ -259,7 +229,7 @@ def test_hopper_under_torchrun_with_two_pipeline_stages(tmp_path, bundled):
         ],
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=3600,
         env=dict(os.environ, PYTHONWARNINGS="ignore"),
     )
     assert result.returncode == 0, result.stderr[-3000:]

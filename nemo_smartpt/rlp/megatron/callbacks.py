@@ -1,4 +1,4 @@
-"""RLP inside Megatron-Bridge's ``pretrain()``: the forward step, the EMA lifecycle, metrics, checkpoint side files.
+"""RLP inside Megatron-Bridge's ``pretrain()``: the forward step, the EMA lifecycle, metrics, the EMA checkpoint.
 
 Wiring (see :func:`build_rlp_training`)::
 
@@ -7,24 +7,33 @@ Wiring (see :func:`build_rlp_training`)::
     pretrain(cfg, forward_step, callbacks=callbacks)
 
 What the callback does (arXiv 2510.01265: φ initialised to θ at the first step, φ ← τ·φ + (1−τ)·θ after every
-optimizer step):
+optimizer step). RLP steps are the run's steps from ``start_step`` on (the next-token → RLP switch of ``smartpt
+train``; None: every step of this run, i.e. continued pretraining from whatever checkpoint it loads):
 
 - ``on_data_init_start`` (PP > 1 only): record the training dataset the dataset provider builds.
-- ``on_train_start``: under PP > 1, check the prerequisites (``dataloader_type='single'``, no validation) and switch
-  the live model config to ``variable_seq_lengths`` (dense models); then φ = θ, or, when the run resumes from ``<checkpoint.load>/iter_XXXXXXX/`` and that directory holds
-  ``rlp_ema_rank{r}.pt``, φ and the RLP counters from that file. Bridge has no load event for callbacks, so the EMA
-  lives in a rank-local side file next to the distributed checkpoint (global rank r; resuming needs the same
-  parallel layout, otherwise the shard shapes do not match and :class:`~nemo_smartpt.rlp.ema.EMAStateError` is raised).
-- ``on_train_step_start``: reset the per-step preparation stats and rollout counters; start the step clock. Under
+- ``on_train_start``: refuse what RLP cannot honour (context parallelism, ``overlap_param_gather``), in one line;
+  under PP > 1, check the prerequisites and switch the live model config to ``variable_seq_lengths`` (dense models);
+  when the run resumes inside its RLP phase, restore φ and the RLP counters from ``<load>/iter_XXXXXXX/rlp_ema/`` (a
+  Megatron distributed checkpoint, :mod:`~nemo_smartpt.rlp.megatron.ema_checkpoint`; any TP/PP layout). A resume
+  inside the RLP phase without that state fails unless ``rlp.ema_from_theta_if_missing``.
+- ``on_train_step_start`` (RLP steps): allocate φ = θ at the first RLP step (not before: a next-token phase carries
+  no fp32 shadow); put the RLP optimiser settings into Bridge's optimizer
+  (:class:`~nemo_smartpt.rlp.megatron.optim.RLPOptimizerSettings`: learning rate, schedule, weight decay, clipping,
+  Adam reset at the first RLP step); switch dropout off (:func:`~nemo_smartpt.rlp.megatron.rollout.dropout_off`, so
+  the trained policy is the sampling policy and S_pred carries no dropout noise); reset the per-step stats; under
   PP > 1, prepare all micro-batches of the step here, collectively over the pipeline group, before the schedule
   starts (:class:`~nemo_smartpt.rlp.megatron.pipeline.PipelineFeed`).
-- ``on_train_step_end``: φ update (skipped iterations skip it too), then one metrics line per step: printed by the
-  pipeline-last, TP-0, DP-0 rank (global rank 0 at PP = 1; the rank that holds the reduced loss metrics),
-  appended to ``<run_dir>/metrics.jsonl`` and written to Bridge's tensorboard writer when it exists.
-- ``on_checkpoint_save``: ``<checkpoint.save>/iter_XXXXXXX/rlp_ema_rank{r}.pt`` (EMA shards in fp32 + counters).
+- ``on_train_step_end`` (RLP steps): restore dropout, φ update (skipped iterations skip it too), then one metrics
+  line per step (``rlp lr``: the learning rate the step ran with): printed by the pipeline-last, TP-0, DP-0 rank
+  (global rank 0 at PP = 1; the rank that holds the reduced loss metrics), appended to ``<run_dir>/metrics.jsonl``
+  and sent once, as ``rlp/...``, to Bridge's loggers (TensorBoard, W&B, MLflow); the loss-dict entries are then
+  taken out so Bridge's ``training_log`` does not log them a second time.
+- ``on_checkpoint_save`` (once φ exists): ``<checkpoint.save>/iter_XXXXXXX/rlp_ema/`` and ``<checkpoint.save>/
+  rlp_phase.json`` (the RLP start step; it marks the directory as holding RLP checkpoints).
 
 The EMA shadows are this rank's parameter shards (TP/PP-sharded, fp32, on the parameters' device), updated with fused
-``torch._foreach`` ops; no communication.
+``torch._foreach`` ops; no communication. With the distributed optimizer and ``overlap_param_gather`` the updated
+weights of other DP ranks arrive only during the next forward, so the update would read stale shards: refused.
 """
 
 from __future__ import annotations
@@ -40,16 +49,27 @@ from pathlib import Path
 import torch
 
 from nemo_smartpt.rlp.config import RLPConfig
-from nemo_smartpt.rlp.ema import ParamEMA
+from nemo_smartpt.rlp.ema import EMAStateError, ParamEMA
 from nemo_smartpt.rlp.flops import ModelFlopsSpec, ntp_flops_per_token, paper_ntp_equivalent_tokens, rlp_step_flops
+from nemo_smartpt.rlp.megatron.ema_checkpoint import (
+    ema_checkpoint_dir,
+    has_ema_checkpoint,
+    load_ema_checkpoint,
+    save_ema_checkpoint,
+)
 from nemo_smartpt.rlp.megatron.logprobs import RLPPipelineError, unwrap_model
+from nemo_smartpt.rlp.megatron.optim import RLPOptimizerSettings
 from nemo_smartpt.rlp.megatron.pipeline import PipelineFeed
 from nemo_smartpt.rlp.megatron.prepare import PrepStats, RLPPreparer, resolve_generation_engine
-from nemo_smartpt.rlp.megatron.rollout import RolloutCounters
+from nemo_smartpt.rlp.megatron.rollout import RolloutCounters, dropout_off
 from nemo_smartpt.rlp.megatron.step import RLPForwardStep
 from nemo_smartpt.rlp.prompt import ThoughtLayout
 
-EMA_FILE = "rlp_ema_rank{rank}.pt"
+PHASE_FILE = "rlp_phase.json"
+
+
+class RLPUnsupportedError(RuntimeError):
+    """A Megatron setting that the RLP step cannot honour; raised before the first step."""
 
 
 @dataclasses.dataclass
@@ -75,6 +95,18 @@ class RLPRun:
     eval_uses_rlp: bool = True
     """Whether validation runs this RLP forward step. ``smartpt train`` validates with the next-token step instead
     (comparable across arms), which pipeline parallelism runs like any Megatron evaluation."""
+    start_step: int | None = None
+    """The first RLP step as configured (the next-token → RLP switch); None: the first step of this run."""
+    rlp_start_step: int | None = None
+    """The first RLP step in force (resolved at train start; restored from the checkpoint on a resume)."""
+    optim: RLPOptimizerSettings | None = None
+    lr: float | None = None
+    """The learning rate the current RLP step runs with."""
+    last_fresh: bool = False
+    """Whether the last finished step was an RLP step (its ``last_metrics`` are this step's)."""
+
+    def is_rlp_step(self, step: int) -> bool:
+        return self.rlp_start_step is not None and step >= self.rlp_start_step
 
 
 def ema_params(model) -> list[torch.Tensor]:
@@ -103,9 +135,30 @@ def _rank() -> int:
     return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
 
 
-def ema_side_file(checkpoint_dir: str, iteration: int, rank: int | None = None) -> Path:
-    """``<checkpoint_dir>/iter_XXXXXXX/rlp_ema_rank{r}.pt`` (Bridge's iteration directory naming)."""
-    return Path(checkpoint_dir) / f"iter_{iteration:07d}" / EMA_FILE.format(rank=_rank() if rank is None else rank)
+def rlp_phase_start(checkpoint_dir: str | None) -> int | None:
+    """The RLP start step recorded in a checkpoint directory (None: it never saved an RLP checkpoint)."""
+    path = Path(checkpoint_dir) / PHASE_FILE if checkpoint_dir else None
+    if path is None or not path.exists():
+        return None
+    return int(json.loads(path.read_text())["rlp_start_step"])
+
+
+def refuse_unsupported(cfg) -> None:
+    """One line per Megatron setting the RLP step cannot honour (called on every rank before step 1)."""
+    from megatron.core import parallel_state
+
+    cp = parallel_state.get_context_parallel_world_size() if parallel_state.model_parallel_is_initialized() else 1
+    if cp > 1 or getattr(cfg.model, "context_parallel_size", 1) > 1:
+        raise RLPUnsupportedError(
+            f"RLP does not split its prepared rows over context-parallel ranks: set model.context_parallel_size=1 "
+            f"(got {max(cp, getattr(cfg.model, 'context_parallel_size', 1))})"
+        )
+    ddp = getattr(cfg, "ddp", None)
+    if getattr(ddp, "overlap_param_gather", False) and getattr(ddp, "use_distributed_optimizer", False):
+        raise RLPUnsupportedError(
+            "RLP's EMA reads the updated weights right after optimizer.step(), but ddp.overlap_param_gather=True "
+            "gathers other ranks' shards only in the next forward: set ddp.overlap_param_gather=False"
+        )
 
 
 def step_metrics(run: RLPRun, loss_dict: dict, stats: PrepStats, counters: RolloutCounters, step_s: float) -> dict:
@@ -120,6 +173,8 @@ def step_metrics(run: RLPRun, loss_dict: dict, stats: PrepStats, counters: Rollo
         {
             "rlp positions": stats.positions,
             "rlp skipped documents": stats.skipped_documents,
+            "rlp carried positions": stats.carried_positions,
+            "rlp dropped positions": stats.dropped_positions,
             "rlp prefills": counters.prefills,
             "rlp prefill tokens": counters.prefill_tokens,
             "rlp prefix cached tokens": counters.prefix_cached_tokens,
@@ -142,6 +197,7 @@ def step_metrics(run: RLPRun, loss_dict: dict, stats: PrepStats, counters: Rollo
             thought_tokens=thought,
             baseline_tokens=stats.baseline_tokens / B if stats.baseline_forwards else 0.0,
             baseline_fraction=1.0 if stats.baseline_forwards else 0.0,
+            shared_prefix_training=run.cfg.shared_prefix_forward,
         )
         ntp_per_token = ntp_flops_per_token(run.flops_spec, run.seq_length or int(prefix + thought))
         # stats.ntp_tokens > 0 only under the mixed objective: its forward+backward cost is charged at the NTP rate.
@@ -164,7 +220,7 @@ def _make_callback_class():
     from megatron.bridge.training.callbacks import Callback
 
     class RLPCallback(Callback):
-        """EMA init/update, per-step metrics, EMA checkpoint side files (see the module docstring)."""
+        """EMA init/update, per-step metrics, the EMA distributed checkpoint (see the module docstring)."""
 
         def __init__(self, run: RLPRun):
             self.run = run
@@ -177,9 +233,14 @@ def _make_callback_class():
         def on_train_start(self, context):
             run, state = self.run, context.state
             model_cfg = state.cfg.model
+            refuse_unsupported(state.cfg)
             engine = resolve_generation_engine(run.cfg.generation_engine)  # every rank: fails early, not mid-step
             if _is_metrics_writer():
                 print(f"[rlp] generation engine: {engine} (rlp.generation_engine={run.cfg.generation_engine})")
+            if run.cfg.shared_prefix_forward:  # one line before step 1 where the grouped layout cannot run
+                from nemo_smartpt.rlp.megatron.shared_attention import check_grouped_support
+
+                check_grouped_support(context.model)
             if getattr(model_cfg, "pipeline_model_parallel_size", 1) > 1:
                 run.pipeline = _pipeline_feed(run, state, context.model)
             if not getattr(model_cfg, "calculate_per_token_loss", True):
@@ -188,31 +249,33 @@ def _make_callback_class():
                     "thought count, so eq. 8's mean over all thoughts holds only when micro-batches have equal counts",
                     stacklevel=2,
                 )
-            params = ema_params(context.model)
-            load_dir = state.cfg.checkpoint.load
-            step = int(state.train_state.step)
-            path = ema_side_file(load_dir, step) if load_dir and step > 0 else None
-            if path is not None and path.exists():
-                saved = torch.load(path, map_location="cpu", weights_only=False)
-                run.ema.load_state_dict(saved["ema"], params)
-                run.totals.update(saved.get("totals", {}))
-            elif not run.ema.initialized:
-                run.ema.initialize(params)  # φ = θ at the first step (the paper)
+            _resolve_phase(run, state, context.model)
+            total = int(getattr(state.cfg.train, "train_iters", 0) or 0)
+            run.optim = RLPOptimizerSettings(run.cfg, total - run.rlp_start_step)
             if run.flops_spec is None:
                 run.flops_spec = model_flops_spec(context.model)
             if run.seq_length is None:
                 run.seq_length = getattr(state.cfg.model, "seq_length", None)
 
         def on_train_step_start(self, context):
-            self.run.preparer.stats = PrepStats()
-            self.run.counters.reset()
+            run = self.run
+            step = int(context.state.train_state.step)
+            if not run.is_rlp_step(step):
+                return
+            if not run.ema.initialized:
+                run.ema.initialize(ema_params(context.model))  # φ = θ at the first RLP step (the paper)
+            run.lr = run.optim.apply(context.optimizer, step - run.rlp_start_step, first=step == run.rlp_start_step)
+            self._dropout = dropout_off(context.model)
+            self._dropout.__enter__()
+            run.preparer.stats = PrepStats()
+            run.counters.reset()
             self._t0 = time.perf_counter()
-            if self.run.pipeline is not None:
+            if run.pipeline is not None:
                 from megatron.core.num_microbatches_calculator import get_num_microbatches
 
-                # Collective over the pipeline group, before the schedule's p2p starts (see nemo_smartpt.rlp.megatron.pipeline).
+                # Collective over the pipeline group, before the schedule's p2p starts (nemo_smartpt.rlp.megatron.pipeline).
                 ts = context.state.train_state
-                self.run.pipeline.prepare_step(
+                run.pipeline.prepare_step(
                     context.model,
                     step=int(ts.step),
                     consumed=int(ts.consumed_train_samples),
@@ -222,10 +285,23 @@ def _make_callback_class():
 
         def on_train_step_end(self, context):
             run = self.run
+            run.last_fresh = run.is_rlp_step(int(context.state.train_state.step))
+            if not run.last_fresh:
+                return
+            if getattr(self, "_dropout", None) is not None:
+                self._dropout.__exit__(None, None, None)  # next-token steps and evaluation keep their dropout
+                self._dropout = None
             step_s = time.perf_counter() - (self._t0 or time.perf_counter())
             if not context.skipped_iter:
                 run.ema.update(ema_params(context.model))
+            # Bridge's scheduler has just written its next-token value for the next step; put the RLP one back now,
+            # so that Bridge's own log line (printed after this event) shows the RLP learning rate too.
+            step_now = int(context.state.train_state.step)
+            run.optim.apply(context.optimizer, step_now + 1 - run.rlp_start_step, first=False)
             metrics = step_metrics(run, context.loss_dict or {}, run.preparer.stats, run.counters, step_s)
+            metrics["rlp lr"] = run.lr
+            if context.grad_norm is not None:
+                metrics["rlp grad norm"] = float(context.grad_norm)
             run.totals["steps"] += 1
             run.totals["generated_tokens"] += run.preparer.stats.generated_tokens
             run.totals["flops"] += metrics.get("rlp flops total", 0.0)
@@ -234,17 +310,56 @@ def _make_callback_class():
             metrics["step"] = step
             run.last_metrics = metrics
             _emit(run, context.state, metrics, step)
+            from nemo_smartpt.bridge.metrics import take_logged_keys
+
+            take_logged_keys(context.loss_dict)  # logged above; Bridge's training_log would repeat them, spaced
 
         def on_checkpoint_save(self, context):
-            state = context.state
+            run, state = self.run, context.state
             save_dir = state.cfg.checkpoint.save
-            if not save_dir:
-                return
-            path = ema_side_file(save_dir, int(state.train_state.step))
-            path.parent.mkdir(parents=True, exist_ok=True)
-            torch.save({"ema": self.run.ema.state_dict(), "totals": dict(self.run.totals)}, path)
+            if not save_dir or not run.ema.initialized:
+                return  # next-token checkpoints before the first RLP step carry no EMA
+            iteration = int(state.train_state.step)
+            common = {
+                **run.totals,
+                "rlp_start_step": run.rlp_start_step,
+                "ema_num_updates": run.ema.num_updates,
+                "ema_decay": run.ema.decay,
+            }
+            params = ema_params(context.model)
+            save_ema_checkpoint(context.model, run.ema.shadow, params, ema_checkpoint_dir(save_dir, iteration), common)
+            if _rank() == 0:
+                Path(save_dir, PHASE_FILE).write_text(json.dumps({"rlp_start_step": run.rlp_start_step}) + "\n")
 
     return RLPCallback
+
+
+def _resolve_phase(run: RLPRun, state, model) -> None:
+    """Where the RLP phase starts and whether φ comes back from the loaded checkpoint (see the module docstring)."""
+    step = int(state.train_state.step)
+    load_dir = state.cfg.checkpoint.load
+    loaded = bool(load_dir) and step > 0
+    if loaded and has_ema_checkpoint(load_dir, step):
+        shadows, common = load_ema_checkpoint(model, ema_params(model), ema_checkpoint_dir(load_dir, step))
+        run.ema.shadow, run.ema.num_updates = shadows, int(common.pop("ema_num_updates"))
+        run.rlp_start_step = int(common.pop("rlp_start_step"))
+        common.pop("ema_decay", None)
+        run.totals.update(common)
+        return
+    recorded = rlp_phase_start(load_dir) if loaded else None
+    start = run.start_step if run.start_step is not None else (recorded if recorded is not None else step)
+    run.rlp_start_step = start
+    if loaded and step > start:
+        # The checkpoint is from inside the RLP phase but holds no φ: restarting φ = θ silently would change S_ema.
+        if not run.cfg.ema_from_theta_if_missing:
+            raise EMAStateError(
+                f"resuming at step {step} inside the RLP phase (from step {start}) but "
+                f"{ema_checkpoint_dir(load_dir, step)} holds no EMA state; restore it, or set "
+                "rlp.ema_from_theta_if_missing=true to restart the baseline weights from the loaded ones"
+            )
+        warnings.warn(
+            f"rlp: no EMA state at step {step}; φ restarts from θ (rlp.ema_from_theta_if_missing)", stacklevel=2
+        )
 
 
 def _capture_train_dataset(run: RLPRun, provider) -> None:
@@ -324,11 +439,10 @@ def _emit(run: RLPRun, state, metrics: dict, step: int) -> None:
             os.makedirs(run.run_dir, exist_ok=True)
             with open(os.path.join(run.run_dir, "metrics.jsonl"), "a") as f:
                 f.write(json.dumps(metrics) + "\n")
-    writer = getattr(state, "tensorboard_logger", None)
-    if writer is not None:
-        for key, value in metrics.items():
-            if key != "step":
-                writer.add_scalar("rlp/" + key[4:].replace(" ", "_").replace("/", "_per_"), value, step)
+    from nemo_smartpt.bridge.metrics import log_scalars, metric_tag
+
+    # Once, under rlp/..., to every logger Bridge set up (TensorBoard, W&B, MLflow, Comet).
+    log_scalars(state, {metric_tag(k): v for k, v in metrics.items() if k != "step"}, step)
 
 
 def build_rlp_training(
@@ -337,6 +451,7 @@ def build_rlp_training(
     eod_id: int,
     run_dir: str | None = None,
     flops_spec: ModelFlopsSpec | None = None,
+    start_step: int | None = None,
 ):
     """The forward step and callbacks that turn Bridge's ``pretrain()`` into RLP training.
 
@@ -346,15 +461,20 @@ def build_rlp_training(
         eod_id: the tokenizer's end-of-document id (separates packed documents).
         run_dir: where ``metrics.jsonl`` is appended (None: print and tensorboard only).
         flops_spec: model size for FLOP metrics (None: derived from the model at train start).
+        start_step: the first RLP step (the next-token → RLP switch); None: every step of the run is an RLP step.
 
     Returns:
         ``(forward_step, callbacks)`` for ``pretrain(cfg, forward_step, callbacks=callbacks)``.
     """
     cfg.validate()
+    if not layout.end_ids:
+        layout = dataclasses.replace(layout, end_ids=(int(eod_id),))  # the end of a document ends a thought
     ema = ParamEMA(cfg.ema_decay)
     counters = RolloutCounters()
     preparer = RLPPreparer(cfg, layout, eod_id, ema=ema, counters=counters)
-    run = RLPRun(cfg, layout, eod_id, ema, counters, preparer, run_dir=run_dir, flops_spec=flops_spec)
+    run = RLPRun(
+        cfg, layout, eod_id, ema, counters, preparer, run_dir=run_dir, flops_spec=flops_spec, start_step=start_step
+    )
     return RLPForwardStep(run), [_make_callback_class()(run)]
 
 

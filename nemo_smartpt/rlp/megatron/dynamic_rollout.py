@@ -22,7 +22,7 @@ one instead of recomputing them. :class:`DynamicEngineSampler` drives that engin
   generator before each batch (which the step seeds from (seed, step, data-parallel rank, micro-batch)). Every TP
   rank draws the same seed, so TP ranks sample the same tokens, as with the KV-cache sampler.
 - **Stops** at the ``</think>`` ids (any length; the stop tokens are kept in the thought) or at ``max_new_tokens``.
-  EOD does not stop a thought, as with the KV-cache sampler.
+  The end-of-document id (``end_ids``) ends a thought too (the engine's ``termination_id``), kept as its last token.
 - **Log-probs** are the engine's ``processed_logprobs``: log softmax(z / T) after nucleus filtering (equal to the
   KV-cache sampler's when ``top_p = 1``); with ``greedy`` (top-k = 1) the raw log softmax(z). They only feed the
   rollout/training mismatch metric.
@@ -44,6 +44,14 @@ from nemo_smartpt.rlp.megatron.pipeline import pipeline_size
 from nemo_smartpt.rlp.megatron.rollout import RolloutCounters, RolloutGroup, RolloutSampler
 
 _STOP_TEXT = "</think>"
+
+
+def _cut_at_end(tokens: list[int], end_ids: tuple[int, ...]) -> list[int]:
+    """The thought up to and including its first end token (the engine may report tokens past its termination)."""
+    for i, t in enumerate(tokens):
+        if t in end_ids:
+            return tokens[: i + 1]
+    return tokens
 
 
 class DynamicEngineError(RuntimeError):
@@ -98,6 +106,7 @@ class DynamicEngineSampler(RolloutSampler):
         top_p: float = 1.0,
         greedy: bool = False,
         counters: RolloutCounters | None = None,
+        end_ids: Sequence[int] = (),
         *,
         block_size_tokens: int = 256,
         buffer_size_gb: float = 20.0,
@@ -106,7 +115,7 @@ class DynamicEngineSampler(RolloutSampler):
         release_kv: bool = True,
         mamba_prefix_cache_gb: float = 1.0,
     ):
-        super().__init__(max_new_tokens, stop_ids, temperature, top_p, greedy, counters)
+        super().__init__(max_new_tokens, stop_ids, temperature, top_p, greedy, counters, end_ids)
         self.block_size_tokens = block_size_tokens
         self.buffer_size_gb = buffer_size_gb
         self.max_requests = max_requests
@@ -189,7 +198,8 @@ class DynamicEngineSampler(RolloutSampler):
             num_tokens_to_generate=self.max_new_tokens,
             return_log_probs=True,
             skip_prompt_log_probs=True,
-            termination_id=-1,
+            # The end of document ends a thought (as in the KV-cache sampler); the engine knows one such id.
+            termination_id=self.end_ids[0] if self.end_ids else -1,
             stop_words=[_STOP_TEXT],
             detokenize_stop_sequence=True,  # keep </think> in the returned thought
         )
@@ -247,7 +257,7 @@ class DynamicEngineSampler(RolloutSampler):
                         f"rollout request of group {g} failed in the engine ({len(prompt)} prompt tokens); "
                         "raise rlp.dynamic_buffer_size_gb or lower rlp.max_context / rlp.max_thought_tokens"
                     )
-                tokens = [int(t) for t in req.generated_tokens][: self.max_new_tokens]
+                tokens = _cut_at_end([int(t) for t in req.generated_tokens][: self.max_new_tokens], self.end_ids)
                 lps = [float(x) for x in (req.generated_log_probs or [])][: len(tokens)]
                 thoughts.append(tokens)
                 logps.append(lps)

@@ -100,16 +100,22 @@ def score_next_tokens(
     pad_id: int = 0,
     device=None,
     max_rows: int = 64,
+    chunk: int = 1024,
 ) -> torch.Tensor:
     """log p(targets[i] | sequences[i][: predict_index[i] + 1]) at T = 1, one forward per chunk of rows, no grad.
 
     Used for the no-thought baseline S_ema (one short sequence per target position, not per rollout). Rows are
-    right-padded to a common length; the causal mask keeps padding out of the real tokens' attention. Under PP the
-    forward goes stage to stage (collective over the pipeline group) and every stage returns the last stage's scores.
+    right-padded to a common length; the causal mask keeps padding out of the real tokens' attention. Only the target
+    position of each row reaches the output layer (:class:`~nemo_smartpt.rlp.megatron.logits.SelectedLogprobs`, at
+    most ``chunk`` positions of logits at a time). Under PP the forward goes stage to stage (collective over the
+    pipeline group) and every stage returns the last stage's scores.
 
     Returns:
         ``[len(sequences)]`` fp32 log-probs on ``device``.
     """
+    from functools import partial
+
+    from nemo_smartpt.rlp.megatron.logits import SelectedLogprobs, forward_with_processor
     from nemo_smartpt.rlp.megatron.pipeline import broadcast_from_last_stage, pipeline_size, stage_forward, stage_model
 
     gpt = stage_model(model)
@@ -121,19 +127,28 @@ def score_next_tokens(
         ids_NL = torch.full((len(rows), L), pad_id, dtype=torch.long, device=device)
         for i, r in enumerate(rows):
             ids_NL[i, : len(r)] = torch.as_tensor(list(r), dtype=torch.long)
-        if pp == 1:
-            logits_NLV = logits_shard(gpt, ids_NL)
-        else:
-            # Stage to stage; only the last stage scores, then every pipeline rank receives the scores.
-            logits_NLV = stage_forward(gpt, ids_NL, position_ids_like(ids_NL), causal_mask(L, ids_NL.device))
-            if logits_NLV is None:
-                out.append(
-                    broadcast_from_last_stage(torch.empty(len(rows), dtype=torch.float32, device=ids_NL.device))
-                )
-                continue
-        idx_N = torch.as_tensor(list(predict_index[lo : lo + max_rows]), device=logits_NLV.device)
-        picked_NV = logits_NLV[torch.arange(len(rows), device=logits_NLV.device), idx_N]
-        tgt_N = torch.as_tensor(list(targets[lo : lo + max_rows]), dtype=torch.long, device=logits_NLV.device)
-        logp_N = vocab_parallel_logprobs(picked_NV, tgt_N)
+        N = len(rows)
+        rows_N = torch.arange(N, device=ids_NL.device)
+        idx_N = torch.as_tensor(list(predict_index[lo : lo + max_rows]), device=ids_NL.device)
+        tgt_N = torch.as_tensor(list(targets[lo : lo + max_rows]), dtype=torch.long, device=ids_NL.device)
+        target_NL = torch.zeros(N, L, dtype=torch.bool, device=ids_NL.device)
+        target_NL[rows_N, idx_N] = True
+        labels_NL = torch.zeros(N, L, dtype=torch.long, device=ids_NL.device)
+        labels_NL[rows_N, idx_N] = tgt_N
+        processor = SelectedLogprobs(
+            torch.zeros_like(target_NL), target_NL, labels_NL, torch.ones(N, L, device=ids_NL.device), chunk
+        )
+        logp_NL = forward_with_processor(
+            partial(stage_forward, gpt),
+            gpt,
+            processor,
+            ids_NL,
+            position_ids_like(ids_NL),
+            causal_mask(L, ids_NL.device),
+        )
+        if logp_NL is None:  # not the last stage: receive the scores
+            out.append(broadcast_from_last_stage(torch.empty(N, dtype=torch.float32, device=ids_NL.device)))
+            continue
+        logp_N = logp_NL[rows_N, idx_N].float()
         out.append(logp_N if pp == 1 else broadcast_from_last_stage(logp_N.contiguous()))
     return torch.cat(out)

@@ -182,8 +182,10 @@ class PipelineFeed:
                 step=step,
                 microbatch=k,
                 dp_rank=dp_rank,
+                dp_size=parallel_state.get_data_parallel_world_size(),
                 ntp_labels_bS=data["labels"][k] if self.with_ntp else None,
                 ntp_loss_mask_bS=data["loss_mask"][k] if self.with_ntp else None,
+                last_microbatch=k == num_micro - 1,
             )
             self.queue.append(PreparedMicrobatch(tokens, batch))
 

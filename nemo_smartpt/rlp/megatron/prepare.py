@@ -68,13 +68,15 @@ def resolve_generation_engine(requested: str) -> str:
 
 
 def build_sampler(cfg: RLPConfig, layout: ThoughtLayout, counters: RolloutCounters):
-    """The rollout sampler ``rlp.generation_engine`` asks for, counting into ``counters``."""
+    """The rollout sampler ``rlp.generation_engine`` asks for, counting into ``counters``; ``</think>`` and the
+    layout's end ids (EOD) end a thought."""
     common = dict(
         max_new_tokens=cfg.max_thought_tokens,
         stop_ids=layout.think_close_ids,
         temperature=cfg.temperature,
         top_p=cfg.top_p,
         counters=counters,
+        end_ids=layout.end_ids,
     )
     if resolve_generation_engine(cfg.generation_engine) == "kv_cache":
         return KVCacheSampler(**common)
@@ -89,6 +91,16 @@ def build_sampler(cfg: RLPConfig, layout: ThoughtLayout, counters: RolloutCounte
         release_kv=cfg.dynamic_release_kv,
         mamba_prefix_cache_gb=cfg.dynamic_mamba_prefix_cache_gb,
     )
+
+
+def sequence_parallel_multiple(model) -> int:
+    """The tensor-parallel size when the model runs with sequence parallelism (rows must divide by it), else 1."""
+    from nemo_smartpt.rlp.megatron.pipeline import stage_model
+
+    config = getattr(stage_model(model), "config", None)
+    if not getattr(config, "sequence_parallel", False):
+        return 1
+    return int(getattr(config, "tensor_model_parallel_size", 1) or 1)
 
 
 class RLPSequenceLengthError(ValueError):
@@ -113,12 +125,20 @@ class PrepStats:
     generation_s: float = 0.0
     baseline_s: float = 0.0
     baseline_forwards: int = 0
+    carried_positions: int = 0
+    """Positions beyond ``rlp.max_positions_per_microbatch`` moved to a later micro-batch of the step."""
+    dropped_positions: int = 0
+    """Positions still beyond the cap at the step's last micro-batch (not trained)."""
 
 
-def step_generator(seed: int, step: int, dp_rank: int, microbatch: int, device=None) -> torch.Generator:
-    """The RNG of one micro-batch: a function of (seed, step, data-parallel rank, micro-batch) only, so TP ranks of one
-    DP replica draw the same positions and tokens, and a rerun reproduces them."""
-    mixed = (seed * 1_000_003 + step * 65_537 + dp_rank * 4_099 + microbatch * 131) % (2**62)
+def step_generator(seed: int, step: int, sample_slot: int, device=None) -> torch.Generator:
+    """The RNG of one micro-batch: a function of (seed, step, the micro-batch's slot in the global batch) only.
+
+    ``sample_slot = microbatch · dp_size + dp_rank`` is where Bridge's sampler takes the micro-batch's samples from
+    in the global batch, so DP=2 draws the same positions and thoughts for a sample as DP=1 does on the combined
+    batch, TP ranks of one DP replica draw the same, and a rerun reproduces them.
+    """
+    mixed = (seed * 1_000_003 + step * 65_537 + sample_slot * 131) % (2**62)
     device = torch.device(device or "cpu")
     return torch.Generator(device=device).manual_seed(mixed)
 
@@ -149,6 +169,22 @@ class RLPPreparer:
         self.counters = counters if counters is not None else RolloutCounters()
         self.sampler = None  # built at the first preparation, when the pipeline size is known (rlp.generation_engine)
         self.stats = PrepStats()
+        self._carry: list = []  # (context, target) pairs carried to the step's next micro-batch
+
+    def _bound_positions(self, contexts: list, last_microbatch: bool) -> list:
+        """At most ``rlp.max_positions_per_microbatch`` positions: carried ones first, the rest carried or dropped."""
+        cap = self.cfg.max_positions_per_microbatch
+        contexts = self._carry + contexts
+        self._carry = []
+        if cap is None or len(contexts) <= cap:
+            return contexts
+        kept, rest = contexts[:cap], contexts[cap:]
+        if last_microbatch:
+            self.stats.dropped_positions += len(rest)
+        else:
+            self._carry = rest
+            self.stats.carried_positions += len(rest)
+        return kept
 
     def _check_length(self, gpt) -> None:
         if getattr(gpt, "position_embedding_type", None) != "learned_absolute":
@@ -175,29 +211,36 @@ class RLPPreparer:
         step: int,
         microbatch: int = 0,
         dp_rank: int = 0,
+        dp_size: int = 1,
         ntp_labels_bS: torch.Tensor | None = None,
         ntp_loss_mask_bS: torch.Tensor | None = None,
+        last_microbatch: bool = True,
     ) -> dict[str, torch.Tensor]:
         """Prepare one micro-batch of packed samples ``tokens_bS`` (``[b, S]``) at optimizer step ``step``.
 
         ``ntp_labels_bS`` / ``ntp_loss_mask_bS`` add the documents as next-token rows when ``ntp_loss_weight > 0``.
+        ``last_microbatch``: whether this is the step's last micro-batch (positions beyond
+        ``rlp.max_positions_per_microbatch`` are carried to the next call until then, dropped after it).
         """
         cfg, layout = self.cfg, self.layout
         tokens_bS = tokens_bS.detach().cpu()
-        gen = step_generator(cfg.seed, step, dp_rank, microbatch)
+        slot = microbatch * dp_size + dp_rank  # the samples' place in the global batch (Bridge's sampler order)
+        gen = step_generator(cfg.seed, step, slot)
         sample = sample_target_positions(
             tokens_bS, self.eod_id, cfg.positions_per_document, cfg.min_context, cfg.max_context, gen
         )
         self.stats.documents += sample.num_documents
         self.stats.input_tokens += tokens_bS.numel()
         self.stats.skipped_documents += sample.num_skipped
-        if not sample.positions:
+        contexts = [gather_context(tokens_bS, p) for p in sample.positions]
+        contexts = self._bound_positions(contexts, last_microbatch)
+        if not contexts:
             raise RLPNoPositionsError(
                 f"no document of this micro-batch ({sample.num_documents} documents) has more than "
                 f"rlp.min_context={cfg.min_context} tokens; lower min_context or use longer sequences"
             )
-        contexts = [gather_context(tokens_bS, p) for p in sample.positions]
         prompts = [rollout_prompt_ids(layout, ctx) for ctx, _ in contexts]
+        multiple = sequence_parallel_multiple(model)  # read before generation_mode switches SP off
 
         t0 = time.perf_counter()
         baseline_B = None
@@ -206,7 +249,7 @@ class RLPPreparer:
             device = model_device(gpt)  # non-first pipeline stages have no embedding
             # Positions were drawn on the CPU generator; sampling draws on the logits' device (multinomial needs a
             # generator there), seeded from the same (seed, step, rank, micro-batch) key.
-            sample_gen = step_generator(cfg.seed + 1, step, dp_rank, microbatch, device)
+            sample_gen = step_generator(cfg.seed + 1, step, slot, device)
             if self.sampler is None:
                 self.sampler = build_sampler(cfg, layout, self.counters)
             groups = self.sampler.generate_batch(gpt, prompts, cfg.num_rollouts, sample_gen)
@@ -248,7 +291,14 @@ class RLPPreparer:
                 raise ValueError("ntp_loss_weight > 0 needs the documents' labels (ntp_labels_bS)")
             batch = append_ntp_rows(batch, tokens_bS, ntp_labels_bS.cpu(), ntp_loss_mask_bS, layout.pad_id)
             self.stats.ntp_tokens += int(batch["ntp_loss_mask_NL"].sum())
+        L_all = batch["input_ids_NL"].shape[1]
+        if L_all % multiple:
+            # Sequence parallelism scatters the embedding output along the sequence over TP ranks: the length must
+            # divide by TP (megatron asserts otherwise); padding is masked out of every loss term.
+            batch = pad_prepared_length(batch, -(-L_all // multiple) * multiple, layout.pad_id)
         batch["position_ids_NL"] = torch.arange(batch["input_ids_NL"].shape[1]).expand_as(batch["input_ids_NL"])
+        if cfg.shared_prefix_forward:  # the grouped layout of the same rows (nemo_smartpt.rlp.shared_prefix)
+            batch.update(_grouped_layout(batch, scoring, stacked, tokens_bS, gpt.config, layout.pad_id))
 
         self.stats.positions += B
         self.stats.rollout_prompt_tokens += sum(len(p) for p in prompts)
@@ -264,12 +314,32 @@ class RLPPreparer:
         tgt = [s.labels[s.predict_index] for s in seqs]
         self.stats.baseline_tokens += sum(len(r) for r in ids)
         self.stats.baseline_forwards += 1
+        chunk = self.cfg.logits_chunk_tokens
         if self.cfg.baseline == "ema":
             if self.ema is None:
                 raise ValueError("rlp.baseline=ema needs a ParamEMA")
             with self.ema.swapped_in(list(gpt.parameters())):
-                return score_next_tokens(gpt, ids, idx, tgt, self.layout.pad_id, device)
-        return score_next_tokens(gpt, ids, idx, tgt, self.layout.pad_id, device)
+                return score_next_tokens(gpt, ids, idx, tgt, self.layout.pad_id, device, chunk=chunk)
+        return score_next_tokens(gpt, ids, idx, tgt, self.layout.pad_id, device, chunk=chunk)
+
+
+def _grouped_layout(batch, scoring, stacked, tokens_bS, model_config, pad_id) -> dict[str, torch.Tensor]:
+    """The ``sp_*`` keys of ``rlp.shared_prefix_forward``; under sequence parallelism the packed length is a multiple
+    of the TP size (the embedding scatters the sequence over TP ranks)."""
+    from nemo_smartpt.rlp.shared_prefix import shared_prefix_batch
+
+    row_len_N = stacked["attention_mask_BGL"].sum(-1).reshape(-1)
+    extra = batch["input_ids_NL"].shape[0] - row_len_N.numel()  # next-token rows: whole packed samples
+    row_len_N = torch.cat([row_len_N, torch.full((extra,), tokens_bS.shape[1], dtype=row_len_N.dtype)])
+    sp = getattr(model_config, "sequence_parallel", False)
+    return shared_prefix_batch(
+        batch["input_ids_NL"],
+        num_rollouts=stacked["input_ids_BGL"].shape[1],
+        prefix_len_B=torch.tensor([sg.prefix_len for sg in scoring]),
+        row_len_N=row_len_N,
+        pad_id=pad_id,
+        length_multiple=model_config.tensor_model_parallel_size if sp else 1,
+    )
 
 
 class RLPNoPositionsError(RuntimeError):

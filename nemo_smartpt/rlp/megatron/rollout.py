@@ -33,6 +33,7 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
+from nemo_smartpt.rlp.megatron.logits import supports_output_processor
 from nemo_smartpt.rlp.megatron.logprobs import causal_mask
 from nemo_smartpt.rlp.megatron.pipeline import (
     broadcast_from_last_stage,
@@ -112,6 +113,46 @@ def sequence_parallel_off(gpt) -> Iterator[None]:
             setattr(module, attr, value)
 
 
+_DROPOUT_ATTRS = ("hidden_dropout", "attention_dropout", "dropout_p", "attention_dropout_p")
+
+
+@contextlib.contextmanager
+def dropout_off(model) -> Iterator[None]:
+    """Every dropout of ``model`` (all chunks) at p = 0 while inside; each value restored exactly on exit.
+
+    RLP's training forward runs in train mode while the thoughts were sampled in eval mode: with dropout the trained
+    policy would not be the sampling policy (the ratio of eq. 8 would not be 1 at one update per batch) and S_pred
+    would carry dropout noise. Covers ``torch.nn.Dropout`` modules (embedding, local attention) and the float rates
+    megatron-core and Transformer Engine layers read at forward time (``hidden_dropout`` of the bias-dropout-add,
+    ``attention_dropout``), plus the model config's own fields.
+    """
+    chunks = model if isinstance(model, (list, tuple)) else [model]
+    saved: list[tuple[object, str, float]] = []
+    seen: set[int] = set()
+    for chunk in chunks:
+        for module in chunk.modules():
+            if isinstance(module, torch.nn.Dropout):
+                saved.append((module, "p", module.p))
+            for attr in _DROPOUT_ATTRS:
+                value = getattr(module, attr, None)
+                if isinstance(value, float) and not isinstance(value, bool):
+                    saved.append((module, attr, value))
+            config = getattr(module, "config", None)
+            if config is not None and id(config) not in seen:
+                seen.add(id(config))
+                for attr in ("hidden_dropout", "attention_dropout"):
+                    value = getattr(config, attr, None)
+                    if isinstance(value, float):
+                        saved.append((config, attr, value))
+    for obj, attr, _ in saved:
+        setattr(obj, attr, 0.0)
+    try:
+        yield
+    finally:
+        for obj, attr, value in saved:
+            setattr(obj, attr, value)
+
+
 @contextlib.contextmanager
 def generation_mode(model) -> Iterator[torch.nn.Module]:
     """Eval mode + no grad on the live model; DDP forward pre-hooks off (params force-synced) and sequence
@@ -163,6 +204,13 @@ def sample_tokens(
     return tokens_N, logp_NV.gather(-1, tokens_N[:, None])[:, 0]
 
 
+def last_position_logits(hidden_states, output_layer, output_weight=None, runtime_gather_output=None, **kwargs):
+    """``GPTModel`` output processor of the prefill: gathered logits ``[N, 1, V]`` of the last position only
+    (a prompt of 2,048 tokens would otherwise materialise ``[2048, V]``; sequence parallelism is off here)."""
+    logits, _ = output_layer(hidden_states[-1:], weight=output_weight, runtime_gather_output=runtime_gather_output)
+    return logits.transpose(0, 1).contiguous()
+
+
 def _ends_with(row: list[int], stop: tuple[int, ...]) -> bool:
     return len(row) >= len(stop) and tuple(row[-len(stop) :]) == stop
 
@@ -170,8 +218,9 @@ def _ends_with(row: list[int], stop: tuple[int, ...]) -> bool:
 class _Rows:
     """Per-row outputs and stop bookkeeping shared by both samplers."""
 
-    def __init__(self, num_rows: int, stop_ids: tuple[int, ...]):
+    def __init__(self, num_rows: int, stop_ids: tuple[int, ...], end_ids: tuple[int, ...] = ()):
         self.stop_ids = stop_ids
+        self.end_ids = frozenset(end_ids)
         self.tokens: list[list[int]] = [[] for _ in range(num_rows)]
         self.logps: list[list[float]] = [[] for _ in range(num_rows)]
         self.done = [False] * num_rows
@@ -182,7 +231,7 @@ class _Rows:
                 continue
             self.tokens[i].append(tok)
             self.logps[i].append(lp)
-            self.done[i] = _ends_with(self.tokens[i], self.stop_ids)
+            self.done[i] = tok in self.end_ids or _ends_with(self.tokens[i], self.stop_ids)
 
     @property
     def all_done(self) -> bool:
@@ -206,6 +255,8 @@ class RolloutSampler:
         top_p: nucleus threshold (1.0: off).
         greedy: argmax decoding (tests).
         counters: where the work is counted (a fresh one if None).
+        end_ids: single tokens that also end a thought (the end-of-document id): a document that ends inside a
+            thought ends the thought (kept as its last token).
     """
 
     def __init__(
@@ -216,6 +267,7 @@ class RolloutSampler:
         top_p: float = 1.0,
         greedy: bool = False,
         counters: RolloutCounters | None = None,
+        end_ids: Sequence[int] = (),
     ):
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
@@ -227,6 +279,7 @@ class RolloutSampler:
         self.top_p = top_p
         self.greedy = greedy
         self.counters = counters if counters is not None else RolloutCounters()
+        self.end_ids = tuple(int(t) for t in end_ids)
 
     def generate_batch(
         self, gpt, prompts: Sequence[Sequence[int]], num_samples: int, generator: torch.Generator | None = None
@@ -282,7 +335,14 @@ class KVCacheSampler(RolloutSampler):
         pos_1P = torch.arange(P, device=device)[None]
         # Under PP each stage caches its own layers in its own ctx; only the last stage gets logits (None elsewhere).
         logits = stage_forward(
-            gpt, ids_1P, pos_1P, causal_mask(P, device), inference_context=ctx, runtime_gather_output=True
+            gpt,
+            ids_1P,
+            pos_1P,
+            causal_mask(P, device),
+            inference_context=ctx,
+            runtime_gather_output=True,
+            # [1, 1, V]: the prefill needs only the last position's logits (models with megatron-core's hook).
+            **({"output_processor": last_position_logits} if supports_output_processor(gpt) else {}),
         )
         self.counters.prefills += 1
         self.counters.prefill_tokens += P
@@ -294,7 +354,7 @@ class KVCacheSampler(RolloutSampler):
         ctx.increment_sequence_len_offset(P)
         ctx.enable_decode_mode()
 
-        rows = _Rows(G, self.stop_ids)
+        rows = _Rows(G, self.stop_ids, self.end_ids)
         first = None if logits is None else logits[:, -1].expand(G, -1)
         rows.append(*self._sample_shared(first, G, device, generator))
         for k in range(1, self.max_new_tokens):
@@ -327,7 +387,7 @@ class NoCacheSampler(KVCacheSampler):
             raise NotImplementedError("NoCacheSampler is the single-stage reference; use KVCacheSampler under PP")
         G, P = num_samples, len(prompt_ids)
         device = gpt.embedding.word_embeddings.weight.device
-        rows = _Rows(G, self.stop_ids)
+        rows = _Rows(G, self.stop_ids, self.end_ids)
         for k in range(self.max_new_tokens):
             if rows.all_done:
                 break

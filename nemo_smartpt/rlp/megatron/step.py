@@ -1,8 +1,10 @@
 """The RLP training forward and loss as a Megatron forward step (arXiv 2510.01265, eq. 5, 7, 8).
 
 One training forward per prepared micro-batch (:mod:`nemo_smartpt.rlp.megatron.prepare`): the B·G scoring rows
-``P x_<t <think> c_i </think> x_t`` go through the model once. On the last pipeline stage the output is the
-vocab-sharded logits; the loss function reads from them, never gathering the vocabulary:
+``P x_<t <think> c_i </think> x_t`` go through the model once. On the last pipeline stage the model's output processor
+(:mod:`nemo_smartpt.rlp.megatron.logits`) turns the final hidden states into log-probs at the scored positions only
+(thought tokens, one target per row), in chunks of ``rlp.logits_chunk_tokens`` positions, never building logits for
+every position nor gathering the vocabulary; the loss function reads them:
 
     logp_u   = log softmax(z/T)[c_u]  on thought tokens          (policy, with gradient; T = sampling temperature)
     S_pred   = log softmax(z)[x_t]    at predict_index           (scorer, detached; eq. 5)
@@ -38,7 +40,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from nemo_smartpt.rlp.config import RLPConfig
-from nemo_smartpt.rlp.megatron.logprobs import causal_mask, vocab_parallel_logprobs
+from nemo_smartpt.rlp.megatron.logits import SelectedLogprobs, forward_with_processor
+from nemo_smartpt.rlp.megatron.logprobs import causal_mask, unwrap_model, vocab_parallel_logprobs
 from nemo_smartpt.rlp.objective import _pair, group_advantages, info_gain_rewards, rlp_policy_loss, rlp_reward_metrics
 
 if TYPE_CHECKING:
@@ -47,21 +50,72 @@ if TYPE_CHECKING:
 REWARD_KEYS = ("rlp reward mean", "rlp reward sq mean", "rlp positive gain fraction")
 
 
-def rlp_forward(batch: dict[str, torch.Tensor], model) -> torch.Tensor:
-    """The training forward of a prepared batch: logits shard ``[N, L, V/tp]`` on the last stage, hidden states else."""
+def scored_masks(batch: dict[str, torch.Tensor], cfg: RLPConfig):
+    """``(grad_mask, nograd_mask, temperature)`` ``[N_all, L]``: where the loss needs log-probs and at which T.
+
+    With gradient: thought tokens (at the sampling temperature) and the mixed objective's next-token rows (T = 1).
+    Without: the one S_pred target per scoring row (T = 1, eq. 5's stop-gradient).
+    """
+    labels_NL = batch["labels_NL"]
+    N = batch["predict_index_N"].shape[0]
+    thought_NL = batch["thought_mask_NL"].bool()
+    grad_NL = thought_NL.clone()
+    if cfg.ntp_loss_weight > 0:
+        grad_NL[N:] |= batch["ntp_loss_mask_NL"][N:].bool()
+    nograd_NL = torch.zeros_like(grad_NL)
+    nograd_NL[torch.arange(N, device=labels_NL.device), batch["predict_index_N"]] = True
+    temperature_NL = torch.ones(labels_NL.shape, device=labels_NL.device).masked_fill(thought_NL, cfg.temperature)
+    return grad_NL, nograd_NL, temperature_NL
+
+
+def rlp_forward(batch: dict[str, torch.Tensor], model, cfg: RLPConfig | None = None) -> torch.Tensor:
+    """The training forward of a prepared batch: ``[N_all, L]`` fp32 log-probs at the scored positions on the last
+    stage (:class:`~nemo_smartpt.rlp.megatron.logits.SelectedLogprobs`: no full-vocabulary logits), hidden states on
+    the others. ``cfg`` None gives the full vocab-sharded logits ``[N, L, V/tp]`` (the reference path)."""
+    grouped = "sp_input_ids_RS" in batch  # rlp.shared_prefix_forward (nemo_smartpt.rlp.megatron.shared_attention)
+    processor = None
+    if cfg is not None:
+        grad_NL, nograd_NL, temperature_NL = scored_masks(batch, cfg)
+        processor = SelectedLogprobs(
+            grad_NL,
+            nograd_NL,
+            batch["labels_NL"],
+            temperature_NL,
+            cfg.logits_chunk_tokens,
+            index_NL=batch["sp_index_NL"] if grouped else None,
+        )
+    if grouped:
+        from nemo_smartpt.rlp.megatron.shared_attention import shared_prefix_forward
+
+        return shared_prefix_forward(batch, model, processor)
     input_ids_NL = batch["input_ids_NL"]
-    return model(input_ids_NL, batch["position_ids_NL"], causal_mask(input_ids_NL.shape[1], input_ids_NL.device))
+    mask = causal_mask(input_ids_NL.shape[1], input_ids_NL.device)
+    if processor is None:
+        return model(input_ids_NL, batch["position_ids_NL"], mask)
+    return forward_with_processor(model, unwrap_model(model), processor, input_ids_NL, batch["position_ids_NL"], mask)
+
+
+def logprobs_from_logits(cfg: RLPConfig, batch: dict[str, torch.Tensor], logits_NLV: torch.Tensor) -> torch.Tensor:
+    """The reference (full-logits) path: the same ``[N_all, L]`` tensor as :func:`rlp_forward` from ``[.., V/tp]``
+    logits of every position. Kept for tests and benchmarks; the training step never builds these logits."""
+    grad_NL, nograd_NL, temperature_NL = scored_masks(batch, cfg)
+    logp_T = vocab_parallel_logprobs(logits_NLV, batch["labels_NL"], cfg.temperature)
+    logp_1 = vocab_parallel_logprobs(logits_NLV, batch["labels_NL"])
+    thought_NL = batch["thought_mask_NL"].bool()
+    out = torch.where(thought_NL, logp_T, logp_1) * grad_NL
+    return out + torch.where(nograd_NL, logp_1.detach(), torch.zeros_like(logp_1))
 
 
 def rlp_loss_func(
-    cfg: RLPConfig, batch: dict[str, torch.Tensor], logits_NLV: torch.Tensor
+    cfg: RLPConfig, batch: dict[str, torch.Tensor], logp_all_NL: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-    """RLP loss of one prepared micro-batch from its vocab-sharded logits (last pipeline stage).
+    """RLP loss of one prepared micro-batch from the scored log-probs (last pipeline stage).
 
     Args:
         cfg: RLP config (temperature, estimator, clip, aggregation, ntp weight).
         batch: the prepared batch (see :mod:`nemo_smartpt.rlp.megatron.prepare` for the keys).
-        logits_NLV: the model output, ``[N + M, L, V/tp]``.
+        logp_all_NL: :func:`rlp_forward`'s output, ``[N + M, L]``: log π at thought tokens (T = sampling temperature,
+            with gradient), S_pred at each row's target (T = 1, detached), next-token log-probs of mixed rows.
 
     Returns:
         ``(loss_sum, count, metrics)``: eq. 8's sum over thoughts (plus the weighted NTP term), the number of thoughts
@@ -72,16 +126,10 @@ def rlp_loss_func(
     if B < 1 or N % B:
         raise ValueError(f"prepared batch has {N} scoring rows for {B} groups; rows must be B·G")
     G = N // B
-    L = logits_NLV.shape[1]
-    labels_NL = batch["labels_NL"][:N]
-    rlp_logits_NLV = logits_NLV[:N]
-
-    # Policy log-probs at the sampling temperature, with gradient (vocab-parallel: no [.., V] gather).
-    logp_NL = vocab_parallel_logprobs(rlp_logits_NLV, labels_NL, cfg.temperature)
-    # S_pred at T = 1 from the one predict position per row; the indexed copy is detached (stop-gradient, eq. 5).
-    rows_N = torch.arange(N, device=logits_NLV.device)
-    predict_N = batch["predict_index_N"]
-    s_pred_N = vocab_parallel_logprobs(rlp_logits_NLV[rows_N, predict_N].detach(), labels_NL[rows_N, predict_N])
+    L = logp_all_NL.shape[1]
+    logp_NL = logp_all_NL[:N]
+    rows_N = torch.arange(N, device=logp_all_NL.device)
+    s_pred_N = logp_NL[rows_N, batch["predict_index_N"]].detach()  # stop-gradient, eq. 5
 
     has_s_ema = bool(batch["has_s_ema"]) and cfg.baseline != "none"
     s_ema_B = batch["s_ema_B"].float() if has_s_ema else None
@@ -90,7 +138,8 @@ def rlp_loss_func(
     rewards_BG = info_gain_rewards(s_pred_BG, s_ema_B)
     adv_BG = group_advantages(rewards_BG, cfg.estimator, valid_BG)
     thought_mask_BGL = batch["thought_mask_NL"][:N].view(B, G, L)
-    logp_BGL = logp_NL.view(B, G, L)
+    # Only thought tokens are read below (the mask zeroes the rest, the S_pred column included).
+    logp_BGL = (logp_NL * batch["thought_mask_NL"][:N]).view(B, G, L)
     loss_sum, count, metrics = rlp_policy_loss(
         logp_BGL,
         logp_BGL.detach(),
@@ -118,8 +167,7 @@ def rlp_loss_func(
 
     if cfg.ntp_loss_weight > 0:
         ntp_mask_ML = batch["ntp_loss_mask_NL"][N:].float()
-        ntp_nll_ML = -vocab_parallel_logprobs(logits_NLV[N:], batch["labels_NL"][N:])
-        ntp_sum = (ntp_nll_ML * ntp_mask_ML).sum()
+        ntp_sum = (-logp_all_NL[N:] * ntp_mask_ML).sum()
         ntp_count = ntp_mask_ML.sum()
         # Scale so that Σ loss_sum / Σ count ≈ eq. 8 mean + λ · NTP token mean (exact when every micro-batch has the
         # same thoughts-to-tokens ratio; the schedule only knows one normaliser, the RLP count).
@@ -131,7 +179,7 @@ def rlp_loss_func(
 def rlp_forward_step(cfg: RLPConfig, data_iterator, model):
     """Megatron forward step over an iterator of *prepared* batches: ``(output_tensor, loss_func)``."""
     batch = next(data_iterator)
-    return rlp_forward(batch, model), partial(rlp_loss_func, cfg, batch)
+    return rlp_forward(batch, model, cfg), partial(rlp_loss_func, cfg, batch)
 
 
 class RLPForwardStep:
@@ -141,7 +189,7 @@ class RLPForwardStep:
     training forward of the same micro-batch; so rollouts are always from the current weights, there is one data path
     (Bridge's iterator), and nothing else in ``pretrain()`` changes. Under PP > 1 preparation is collective and cannot
     run inside the schedule: the callback prepares the whole step before it (``run.pipeline``) and this pops the
-    prepared micro-batches in order. Each micro-batch's RNG is seeded from (seed, step, DP rank, micro-batch index),
+    prepared micro-batches in order. Each micro-batch's RNG is seeded from (seed, step, the micro-batch's slot in the global batch),
     the same under both paths.
 
     Args:
@@ -155,12 +203,13 @@ class RLPForwardStep:
 
     def __call__(self, state: GlobalState, data_iterator, model, return_schedule_plan: bool = False):
         from megatron.core import parallel_state
+        from megatron.core.num_microbatches_calculator import get_num_microbatches
 
         if return_schedule_plan:
             raise NotImplementedError("RLP does not build combined 1F1B schedule plans")
         if self.run.pipeline is not None:
             prepared = self.run.pipeline.pop(data_iterator)
-            return rlp_forward(prepared, model), partial(rlp_loss_func, self.run.cfg, prepared)
+            return rlp_forward(prepared, model, self.run.cfg), partial(rlp_loss_func, self.run.cfg, prepared)
         step = int(state.train_state.step)
         if step != self._step:
             self._step, self._microbatch = step, 0
@@ -171,8 +220,10 @@ class RLPForwardStep:
             step=step,
             microbatch=self._microbatch,
             dp_rank=parallel_state.get_data_parallel_rank(),
+            dp_size=parallel_state.get_data_parallel_world_size(),
             ntp_labels_bS=raw.get("labels"),
             ntp_loss_mask_bS=raw.get("loss_mask"),
+            last_microbatch=self._microbatch + 1 >= get_num_microbatches(),
         )
         self._microbatch += 1
-        return rlp_forward(prepared, model), partial(rlp_loss_func, self.run.cfg, prepared)
+        return rlp_forward(prepared, model, self.run.cfg), partial(rlp_loss_func, self.run.cfg, prepared)
