@@ -30,7 +30,7 @@ from nemo_smartpt.reasoning.render import normalise_markers
 from nemo_smartpt.world.facts import SOURCES
 from nemo_smartpt.world.heldout import knowledge_items, reasoning_items
 from nemo_smartpt.world.problems import instance_of, openthoughts_record, sample_problems
-from nemo_smartpt.world.spec import WORLD_VERSION, WorldSpec, make_world
+from nemo_smartpt.world.spec import ATTRIBUTES, WORLD_VERSION, WorldSpec, make_world
 from nemo_smartpt.world.tokenizer import train_tokenizer
 
 TASKS_DIR = Path(__file__).resolve().parents[2] / "conf" / "tasks"
@@ -88,6 +88,25 @@ def training_texts(paths: dict[str, Path]):
                     yield f"{question}\n\n{normalise_markers(value)}"
 
 
+GLOSSARY_REPEATS = 200
+"""How often the tokenizer's training sees the world's glossary (every name and attribute value)."""
+
+
+def tokenizer_texts(paths: dict[str, Path], spec: WorldSpec):
+    """The tokenizer's training text: every training document, then the glossary of the world's names and values.
+
+    With 24 people each name occurs a few hundred times in the corpus, too rarely for BPE to merge all of them into
+    one or two tokens (some came out at four); a name split into four pieces is four facts' worth of learning for a
+    small model. The glossary makes every name and value frequent for the tokenizer only: it is not training data
+    of the model and holds no fact (no name is paired with a value)."""
+    yield from training_texts(paths)
+    world = make_world(spec)
+    words = [p.name for p in world.people] + [v for a in ATTRIBUTES for v in world.candidates(a)]
+    glossary = "".join(f" {w}" for w in words)
+    for _ in range(GLOSSARY_REPEATS):
+        yield glossary
+
+
 def write_tasks(out: Path, templates: Path = TASKS_DIR) -> Path:
     """``templates/*.yaml`` with ``data_files`` made absolute under ``out``, into ``out/tasks``: an lm-eval
     ``include_path``."""
@@ -117,7 +136,7 @@ def ensure_world(directory: str | Path, spec: WorldSpec | None = None, quiet: bo
     if stamp.exists() and json.loads(stamp.read_text()) == wanted:
         return out / "catalog.yaml"
     paths = write_raw(out, spec)
-    tokenizer = train_tokenizer(training_texts(paths), out / "tokenizer", spec.tokenizer_vocab)
+    tokenizer = train_tokenizer(tokenizer_texts(paths, spec), out / "tokenizer", spec.tokenizer_vocab)
     sources = []
     for name, path in paths.items():
         prefix = out / "indexed" / name

@@ -125,24 +125,31 @@ def wiki(rng: random.Random, world: World) -> str:
     return WIKI_TEMPLATE.format(name=p.name, year=p.year, city=p.city, field=p.field, employer=p.employer)
 
 
-def step(rng: random.Random, total: int, low: int = 0, high: int = 40) -> tuple[str, int]:
-    """One ``+``/``-`` step with an operand 1-9 that keeps the running total in [low, high]."""
+MAX_TOTAL = 20
+"""Running totals of the arithmetic (math source and reasoning problems) stay in [0, MAX_TOTAL]."""
+MAX_OPERAND = 5
+"""Operands are 1..MAX_OPERAND. With totals up to 20 the whole addition/subtraction table has ~190 entries, which a
+million-parameter model can learn in the study's few hundred steps (at 0-40 and 1-9, ~650 entries, it could not)."""
+
+
+def step(rng: random.Random, total: int, low: int = 0, high: int = MAX_TOTAL) -> tuple[str, int]:
+    """One ``+``/``-`` step with an operand 1..MAX_OPERAND that keeps the running total in [low, high]."""
     ops = [op for op in "+-" if (total + 1 <= high if op == "+" else total - 1 >= low)]
     op = rng.choice(ops)
     limit = high - total if op == "+" else total - low
-    operand = rng.randint(1, min(9, limit))
+    operand = rng.randint(1, min(MAX_OPERAND, limit))
     return op, operand
 
 
 def math(rng: random.Random, world: World) -> str:
     """A chain of small additions and subtractions: the arithmetic the reasoning problems need, in isolation."""
-    total = rng.randint(1, 30)
+    total = rng.randint(1, MAX_TOTAL)
     lines = []
     for _ in range(rng.randint(3, 6)):
         op, x = step(rng, total)
         new = total + x if op == "+" else total - x
         lines.append(f"{total} {op} {x} = {new}.")
-        total = new if rng.random() < 0.7 else rng.randint(1, 30)
+        total = new if rng.random() < 0.7 else rng.randint(1, MAX_TOTAL)
     return " ".join(lines)
 
 

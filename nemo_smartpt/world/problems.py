@@ -1,7 +1,7 @@
 """Multi-step word problems with worked thoughts (the world's reasoning data), and their instance keys.
 
 A problem is an *instance* ``(start, ((op, x), ...))``: a start count and two or three ``+``/``-`` steps with
-operands 1-9, running totals kept in [0, 40]. The person and the item only dress it. Held-out problems are the
+operands 1-5, running totals kept in [0, 20]. The person and the item only dress it. Held-out problems are the
 instances whose keyed hash falls in :data:`HELDOUT_SHARE` of the hash space: no training problem ever has one, so a
 held-out problem's number combination never occurs in training, while every single step (``12 + 5 = 17``) does.
 :func:`instance_of` reads the instance back from a question's text, which is how decontamination checks what
@@ -14,7 +14,7 @@ import hashlib
 import random
 import re
 
-from nemo_smartpt.world.facts import step
+from nemo_smartpt.world.facts import MAX_TOTAL, step
 from nemo_smartpt.world.spec import World
 
 ITEMS = ("apples", "coins", "books", "stamps", "shells", "marbles")
@@ -39,7 +39,7 @@ def is_heldout(instance: Instance, seed: int) -> bool:
 
 
 def random_instance(rng: random.Random) -> Instance:
-    total = rng.randint(1, 20)
+    total = rng.randint(1, MAX_TOTAL)
     start, steps = total, []
     for _ in range(rng.randint(2, 3)):
         op, x = step(rng, total)

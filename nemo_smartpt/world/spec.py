@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-WORLD_VERSION = 1  # bump when any generator's output changes, so built worlds are rebuilt
+WORLD_VERSION = 3  # bump when any generator's output changes, so built worlds are rebuilt
 
 SYLLABLES = ["ka", "lo", "mi", "ra", "ven", "tor", "sel", "dun", "pha", "ri", "zo", "bel", "cor", "nav", "ul", "es"]
 FIELDS = ["chemistry", "music", "history", "law", "medicine", "painting", "physics", "poetry", "farming", "weaving"]
@@ -18,7 +18,7 @@ class WorldSpec:
 
     seed: int = 0
     """Everything (names, facts, documents, held-out sets) is a function of this seed."""
-    people: int = 48
+    people: int = 24
     """Entities; each has one value of every attribute, so knowledge = 4 x people facts."""
     cities: int = 16
     """Candidate birth cities (the knowledge question over cities has this many choices)."""
@@ -102,14 +102,15 @@ def tiny_spec(seed: int = 0) -> WorldSpec:
     return WorldSpec(
         seed=seed,
         people=8,
-        crawl_high=60,
-        crawl_medium_high=60,
+        # Enough clean tokens (x epoch caps) for the demo test's 24 steps of 16 x 128 tokens (~49k).
+        crawl_high=150,
+        crawl_medium_high=150,
         crawl_medium=80,
         crawl_medium_low=100,
         crawl_low=200,
-        math=60,
-        code=30,
-        wiki=20,
+        math=150,
+        code=60,
+        wiki=50,
         reasoning=200,
         heldout_reasoning=20,
         tokenizer_vocab=700,

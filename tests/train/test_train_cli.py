@@ -125,7 +125,7 @@ def test_demo_runs_the_whole_story_and_writes_the_report(tmp_path):
         ):
             assert key in r and r[key] == r[key], key  # present and not NaN
     assert {r["phase"] for r in records} == {"phase1", "phase2"}
-    assert json.loads((out / "eval.json").read_text())["reasoning"]["n"] > 0
+    assert evaluation["n-samples"]["world_reasoning"]["effective"] > 0
 
 
 def test_rlp_starts_from_a_pretrained_megatron_checkpoint(tmp_path, bundled):

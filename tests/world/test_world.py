@@ -113,12 +113,12 @@ def test_catalog_tokenizer_and_prepared_sources(small_world):
 def test_default_world_names_and_numbers_are_short_and_crawl_is_mostly_low_quality(tmp_path):
     """At the default size: every name and value is one or two tokens, and low-quality crawl dominates by tokens."""
     from nemo_smartpt.reasoning.tokenizer import load_tokenizer
-    from nemo_smartpt.world.build import training_texts
+    from nemo_smartpt.world.build import tokenizer_texts
     from nemo_smartpt.world.tokenizer import train_tokenizer
 
     spec = WorldSpec()
     paths = write_raw(tmp_path, spec)
-    tok = load_tokenizer(str(train_tokenizer(training_texts(paths), tmp_path / "tok", spec.tokenizer_vocab)))
+    tok = load_tokenizer(str(train_tokenizer(tokenizer_texts(paths, spec), tmp_path / "tok", spec.tokenizer_vocab)))
     world = make_world(spec)
     values = {p.name for p in world.people} | {v for a in ATTRIBUTES for v in world.candidates(a)}
     values |= {str(n) for n in range(41)}
