@@ -58,7 +58,7 @@ def run_one(arm: str, seed: int, args, catalog: Path) -> dict:
         f"train.train_iters={args.iters}", f"model.seq_length={args.seq_length}",
         f"train.global_batch_size={args.global_batch_size}", f"train.micro_batch_size={args.micro_batch_size}",
         f"model.hidden_size={args.hidden_size}", f"model.ffn_hidden_size={4 * args.hidden_size}",
-        f"model.num_layers={args.num_layers}",
+        f"model.num_layers={args.num_layers}", f"optimizer.lr={args.lr}", f"optimizer.min_lr={args.lr}",
         *([f"schedule.rlp_steps={args.rlp_steps}"] if arm.startswith("hopper") else []),
         *args.extra,
     ]  # fmt: skip
@@ -192,15 +192,16 @@ def plot(summary: dict, path: Path, runs: list[dict] | None = None) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    parser.add_argument("--iters", type=int, default=300)
+    parser.add_argument("--iters", type=int, default=200)
     parser.add_argument("--seq-length", type=int, default=128)
     parser.add_argument("--global-batch-size", type=int, default=16)
     parser.add_argument("--micro-batch-size", type=int, default=8)
     parser.add_argument("--hidden-size", type=int, default=128)
     parser.add_argument("--num-layers", type=int, default=4)
-    parser.add_argument("--rlp-steps", type=int, default=40, help="Hopper's RLP steps (the last of --iters)")
+    parser.add_argument("--rlp-steps", type=int, default=20, help="Hopper's RLP steps (the last of --iters)")
+    parser.add_argument("--lr", type=float, default=1e-3, help="constant learning rate of every next-token step")
     parser.add_argument("--jobs", type=int, default=2, help="runs side by side (each with OMP_NUM_THREADS=1)")
-    parser.add_argument("--quick", action="store_true", help="one seed, 100 steps (10 RLP): a smoke test")
+    parser.add_argument("--quick", action="store_true", help="one seed, 60 steps (8 RLP): a smoke test")
     parser.add_argument("--out", default="runs/study")
     parser.add_argument("--world-dir", default="runs/world")
     parser.add_argument("--results", default=str(HERE / "results"))
@@ -209,7 +210,7 @@ def main() -> int:
     parser.add_argument("--summarise-only", action="store_true", help="rewrite table.md and plot.png")
     args = parser.parse_args()
     if args.quick:
-        args.seeds, args.iters, args.rlp_steps = args.seeds[:1], 100, 10
+        args.seeds, args.iters, args.rlp_steps = args.seeds[:1], 60, 8
 
     results = Path(args.results)
     if args.summarise_only:
@@ -241,7 +242,17 @@ def main() -> int:
         runs = list(pool.map(one, jobs))
     wall = time.time() - started
     command = "python examples/studies/four_learners.py " + " ".join(sys.argv[1:])
-    keys = ("seeds", "iters", "global_batch_size", "seq_length", "hidden_size", "num_layers", "rlp_steps", "jobs")
+    keys = (
+        "seeds",
+        "iters",
+        "global_batch_size",
+        "seq_length",
+        "hidden_size",
+        "num_layers",
+        "rlp_steps",
+        "lr",
+        "jobs",
+    )
     summary = summarise(runs, command, wall, {k: getattr(args, k) for k in keys})
     write_outputs(summary, runs, results)
     return 0

@@ -18,7 +18,7 @@ class WorldSpec:
 
     seed: int = 0
     """Everything (names, facts, documents, held-out sets) is a function of this seed."""
-    people: int = 24
+    people: int = 12
     """Entities; each has one value of every attribute, so knowledge = 4 x people facts."""
     cities: int = 16
     """Candidate birth cities (the knowledge question over cities has this many choices)."""
@@ -39,7 +39,7 @@ class WorldSpec:
     wiki: int = 300
     reasoning: int = 4000
     """Training reasoning problems (before the SFT split)."""
-    heldout_reasoning: int = 200
+    heldout_reasoning: int = 100
     """Held-out reasoning problems (test); as many again for dev."""
     tokenizer_vocab: int = 2048
     """BPE vocabulary of the world's tokenizer (special tokens included)."""
