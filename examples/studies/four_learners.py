@@ -137,6 +137,11 @@ def write_outputs(summary: dict, runs: list[dict], results: Path) -> None:
         "",
         f"Command: `{summary['command']}`  ",
         f"Wall time: {summary['wall_seconds'] / 60:.1f} min; settings {json.dumps(summary['settings'])}.",
+        *(
+            [f"**Incomplete**: {summary['runs_finished']} of {summary['runs_planned']} runs finished (study cut)."]
+            if summary.get("complete") is False
+            else []
+        ),
         "",
         "| arm | knowledge acc | reasoning exact match | seeds |",
         "|---|---|---|---|",
@@ -208,6 +213,11 @@ def main() -> int:
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     parser.add_argument("--extra", nargs="*", default=[], help="more overrides for every run")
     parser.add_argument("--summarise-only", action="store_true", help="rewrite table.md and plot.png")
+    parser.add_argument(
+        "--summarise-partial",
+        action="store_true",
+        help="summarise the runs a cut study finished (<out>/runs.partial.jsonl), marked as incomplete",
+    )
     args = parser.parse_args()
     if args.quick:
         args.seeds, args.iters, args.rlp_steps = args.seeds[:1], 60, 8
@@ -217,9 +227,33 @@ def main() -> int:
         summary = json.loads((results / "summary.json").read_text())
         write_outputs(summary, json.loads((results / "runs.json").read_text()), results)
         return 0
+    command = "python examples/studies/four_learners.py " + " ".join(sys.argv[1:])
+    keys = (
+        "seeds",
+        "iters",
+        "global_batch_size",
+        "seq_length",
+        "hidden_size",
+        "num_layers",
+        "rlp_steps",
+        "lr",
+        "jobs",
+    )
+    settings = {k: getattr(args, k) for k in keys}
+    started_file = Path(args.out) / "study_started.json"
+    if args.summarise_partial:
+        start = json.loads(started_file.read_text())
+        lines = (Path(args.out) / "runs.partial.jsonl").read_text().splitlines()
+        runs = sorted((json.loads(line) for line in lines), key=lambda r: (r["seed"], list(ARMS).index(r["arm"])))
+        summary = summarise(runs, start["command"], time.time() - start["time"], start["settings"])
+        summary.update(complete=False, runs_finished=len(runs), runs_planned=len(start["settings"]["seeds"]) * 6)
+        write_outputs(summary, runs, results)
+        return 0
     from nemo_smartpt.world.build import ensure_world
 
     started = time.time()
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    started_file.write_text(json.dumps({"time": started, "command": command, "settings": settings}))
     catalog = ensure_world(args.world_dir)
     jobs = [(arm, seed) for seed in args.seeds for arm in args.arms]
 

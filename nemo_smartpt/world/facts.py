@@ -44,6 +44,16 @@ TRAIN_TEMPLATES: dict[str, tuple[str, ...]] = {
         "{name} is an expert in {value}.",
     ),
 }
+QUESTION_TEMPLATES: dict[str, tuple[str, ...]] = {
+    "city": ("Where was {name} born? {value}.", "Birthplace of {name}? {value}."),
+    "year": ("When was {name} born? {value}.", "Born when, {name}? {value}."),
+    "employer": ("Who employs {name}? {value}.", "Employer of {name}? {value}."),
+    "field": ("What is the field of {name}? {value}.", "Expertise of {name}? {value}."),
+}
+"""Question-and-answer phrasings (``WorldSpec.question_phrasings``): Physics of Language Models 3.1's knowledge
+augmentation. A model that sees facts only as statements stores them but retrieves them only after a statement's
+own cue; mixed with questions it learns to retrieve on a question. None of these is a held-out phrasing (the
+decontamination check in :mod:`.heldout` holds them to that)."""
 WIKI_TEMPLATE = (
     "{name}\n\n{name} (born {year} in {city}) is a specialist in {field}. "
     "{name} is known for work at {employer}, a company where {name} has been employed for many years."
@@ -69,13 +79,14 @@ SPAM = (
 SYMBOLS = "#@$%&*~^|"
 
 
-def fact_sentence(rng: random.Random, person: Person, attribute: str) -> str:
-    template = rng.choice(TRAIN_TEMPLATES[attribute])
+def fact_sentence(rng: random.Random, person: Person, attribute: str, questions: bool = False) -> str:
+    templates = TRAIN_TEMPLATES[attribute] + (QUESTION_TEMPLATES[attribute] if questions else ())
+    template = rng.choice(templates)
     return template.format(name=person.name, value=person.value(attribute))
 
 
-def _facts(rng: random.Random, person: Person, count: int) -> list[str]:
-    return [fact_sentence(rng, person, a) for a in rng.sample(ATTRIBUTES, count)]
+def _facts(rng: random.Random, world: World, person: Person, count: int) -> list[str]:
+    return [fact_sentence(rng, person, a, world.question_phrasings) for a in rng.sample(ATTRIBUTES, count)]
 
 
 def _chatter(rng: random.Random, count: int) -> list[str]:
@@ -90,32 +101,38 @@ def _spam(rng: random.Random, words: int) -> str:
 
 
 def crawl_high(rng: random.Random, world: World) -> str:
-    return " ".join(_facts(rng, rng.choice(world.people), 4))
+    return " ".join(_facts(rng, world, rng.choice(world.people), 4))
 
 
 def crawl_medium_high(rng: random.Random, world: World) -> str:
-    lines = _facts(rng, rng.choice(world.people), rng.randint(2, 3))
+    lines = _facts(rng, world, rng.choice(world.people), rng.randint(2, 3))
     lines.insert(rng.randint(0, len(lines)), rng.choice(CHATTER))
     return " ".join(lines)
 
 
 def crawl_medium(rng: random.Random, world: World) -> str:
     lines = _chatter(rng, rng.randint(4, 8))
-    lines.insert(rng.randint(0, len(lines)), fact_sentence(rng, rng.choice(world.people), rng.choice(ATTRIBUTES)))
+    lines.insert(
+        rng.randint(0, len(lines)),
+        fact_sentence(rng, rng.choice(world.people), rng.choice(ATTRIBUTES), world.question_phrasings),
+    )
     return " ".join(lines)
 
 
 def crawl_medium_low(rng: random.Random, world: World) -> str:
     parts = [_spam(rng, rng.randint(6, 14)), *_chatter(rng, rng.randint(2, 4)), _spam(rng, rng.randint(4, 10))]
     if rng.random() < 0.4:
-        parts.insert(rng.randint(0, len(parts)), fact_sentence(rng, rng.choice(world.people), rng.choice(ATTRIBUTES)))
+        parts.insert(
+            rng.randint(0, len(parts)),
+            fact_sentence(rng, rng.choice(world.people), rng.choice(ATTRIBUTES), world.question_phrasings),
+        )
     return " ".join(parts)
 
 
 def crawl_low(rng: random.Random, world: World) -> str:
     parts = [_spam(rng, rng.randint(15, 35))]
     if rng.random() < 0.1:
-        parts.append(fact_sentence(rng, rng.choice(world.people), rng.choice(ATTRIBUTES)))
+        parts.append(fact_sentence(rng, rng.choice(world.people), rng.choice(ATTRIBUTES), world.question_phrasings))
         parts.append(_spam(rng, rng.randint(3, 10)))
     return " ".join(parts)
 

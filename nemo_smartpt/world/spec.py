@@ -43,6 +43,9 @@ class WorldSpec:
     """Held-out reasoning problems (test); as many again for dev."""
     tokenizer_vocab: int = 2048
     """BPE vocabulary of the world's tokenizer (special tokens included)."""
+    question_phrasings: bool = False
+    """Also write facts as question-and-answer pairs (``facts.QUESTION_TEMPLATES``, none of them a held-out
+    phrasing): knowledge augmentation, so that a model retrieves facts on an unseen question (study README)."""
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,7 @@ class World:
     companies: tuple[str, ...]
     years: tuple[int, ...]
     fields: tuple[str, ...]
+    question_phrasings: bool = False
 
     def candidates(self, attribute: str) -> list[str]:
         """Every value the attribute can take (the choices of a knowledge question)."""
@@ -94,7 +98,7 @@ def make_world(spec: WorldSpec) -> World:
         Person(fresh(3), rng.choice(cities), rng.choice(years), rng.choice(companies), rng.choice(FIELDS))
         for _ in range(spec.people)
     )
-    return World(people, cities, companies, years, tuple(FIELDS))
+    return World(people, cities, companies, years, tuple(FIELDS), spec.question_phrasings)
 
 
 def tiny_spec(seed: int = 0) -> WorldSpec:

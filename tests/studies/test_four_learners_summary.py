@@ -90,3 +90,22 @@ def test_summarise_only_regenerates_table_and_plot(study, tmp_path):
     assert "| volta - pascal | knowledge |" in table and "| 1 | " in table  # the comparison and hopper seed 1 rows
     assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((tmp_path / "summary.json").read_text()) == json.loads(json.dumps(summary))
+
+
+def test_a_cut_study_is_summarised_from_its_finished_runs_and_marked_incomplete(tmp_path):
+    runs = [r for r in _runs(items=10) if r["seed"] == 1]  # seed 1 finished, seeds 2 and 3 did not
+    out = tmp_path / "runs"
+    out.mkdir()
+    settings = {"seeds": [1, 2, 3], "iters": 1}
+    (out / "study_started.json").write_text(json.dumps({"time": 0.0, "command": "c", "settings": settings}))
+    (out / "runs.partial.jsonl").write_text("".join(json.dumps(r) + "\n" for r in reversed(runs)))
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--summarise-partial", "--out", str(out), "--results", str(tmp_path / "res")],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads((tmp_path / "res" / "summary.json").read_text())
+    assert (summary["complete"], summary["runs_finished"], summary["runs_planned"]) == (False, 6, 18)
+    assert summary["arms"]["volta"]["knowledge"]["n"] == 1
+    assert "**Incomplete**: 6 of 18 runs" in (tmp_path / "res" / "table.md").read_text()

@@ -152,3 +152,14 @@ def test_task_files_load_in_lm_eval_over_the_local_jsonl(small_world):
     reasoning = by_name["world_reasoning"]
     assert len(list(reasoning.test_docs())) == SMALL.heldout_reasoning
     assert reasoning.config.generation_kwargs["do_sample"] is False
+
+
+def test_question_phrasings_are_written_and_none_is_a_heldout_phrasing(tmp_path):
+    spec = WorldSpec(**{**SMALL.__dict__, "question_phrasings": True})
+    paths = write_raw(tmp_path, spec)
+    texts = [r["text"] for name, path in paths.items() if name != "reasoning" for r in _jsonl(path)]
+    assert any("Where was " in t for t in texts) and any("Who employs " in t for t in texts)
+    assert contaminated_phrasings(texts) == []
+    # Off by default: the default world's statements only.
+    plain = write_raw(tmp_path / "plain", SMALL)
+    assert not any("Where was " in r["text"] for r in _jsonl(plain["crawl_high"]))
