@@ -66,7 +66,7 @@ def write_raw(out: Path, spec: WorldSpec) -> dict[str, Path]:
     rng = random.Random(f"world-{spec.seed}-reasoning")
     problems = sample_problems(rng, world, spec.reasoning, spec.seed, heldout=False)
     paths["reasoning"] = _write_jsonl(out / "raw" / "reasoning.jsonl", map(openthoughts_record, problems))
-    for split in ("test", "dev"):
+    for split in ("test", "dev", "recall_dev"):
         _write_jsonl(out / "eval" / f"knowledge_{split}.jsonl", knowledge_items(world, split))
     dev = reasoning_items(world, spec, "dev")
     _write_jsonl(out / "eval" / "reasoning_dev.jsonl", dev)

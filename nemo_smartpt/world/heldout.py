@@ -36,14 +36,24 @@ HELDOUT_TEMPLATES: dict[str, dict[str, str]] = {
         "field": "Profile of {name}. Subject:",
     },
 }
+RECALL_TEMPLATES: dict[str, str] = {
+    "city": "{name} was born in the city of",
+    "year": "{name} was born in the year",
+    "employer": "{name} works for",
+    "field": "{name} studied",
+}
+"""A diagnostic, not a held-out set: the dev facts asked in a *training* phrasing (``world_knowledge_recall_dev``).
+Beside ``world_knowledge_dev`` it separates "the facts are not stored" from "stored, but not retrieved on an
+unseen question"."""
 THINK_PROMPT = "\n\n<think>\n"
 """What follows a question in the rendered training documents (``prepare``'s default template), so the held-out
 prompt ends where the model's thought begins."""
 
 
 def knowledge_items(world: World, split: str) -> list[dict]:
-    """One lm-eval document per fact: ``{id, entity, attribute, prompt, choices, answer}``."""
-    templates = HELDOUT_TEMPLATES[split]
+    """One lm-eval document per fact: ``{id, entity, attribute, prompt, choices, answer}`` (``split``: test, dev or
+    recall_dev)."""
+    templates = RECALL_TEMPLATES if split == "recall_dev" else HELDOUT_TEMPLATES[split]
     items = []
     for person in world.people:
         for attribute in ATTRIBUTES:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-WORLD_VERSION = 3  # bump when any generator's output changes, so built worlds are rebuilt
+WORLD_VERSION = 4  # bump when any generator's output changes, so built worlds are rebuilt
 
 SYLLABLES = ["ka", "lo", "mi", "ra", "ven", "tor", "sel", "dun", "pha", "ri", "zo", "bel", "cor", "nav", "ul", "es"]
 FIELDS = ["chemistry", "music", "history", "law", "medicine", "painting", "physics", "poetry", "farming", "weaving"]

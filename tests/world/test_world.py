@@ -163,3 +163,14 @@ def test_question_phrasings_are_written_and_none_is_a_heldout_phrasing(tmp_path)
     # Off by default: the default world's statements only.
     plain = write_raw(tmp_path / "plain", SMALL)
     assert not any("Where was " in r["text"] for r in _jsonl(plain["crawl_high"]))
+
+
+def test_the_recall_diagnostic_asks_dev_facts_in_a_training_phrasing(small_world):
+    from nemo_smartpt.world.facts import TRAIN_TEMPLATES
+    from nemo_smartpt.world.heldout import RECALL_TEMPLATES
+
+    for attribute, stem in RECALL_TEMPLATES.items():
+        assert f"{stem} {{value}}." in TRAIN_TEMPLATES[attribute]  # a phrasing training uses, by construction
+    recall = _jsonl(small_world / "eval" / "knowledge_recall_dev.jsonl")
+    dev = _jsonl(small_world / "eval" / "knowledge_dev.jsonl")
+    assert [(r["id"], r["answer"]) for r in recall] == [(d["id"], d["answer"]) for d in dev]
