@@ -138,7 +138,10 @@ def write_outputs(summary: dict, runs: list[dict], results: Path) -> None:
         f"Command: `{summary['command']}`  ",
         f"Wall time: {summary['wall_seconds'] / 60:.1f} min; settings {json.dumps(summary['settings'])}.",
         *(
-            [f"**Incomplete**: {summary['runs_finished']} of {summary['runs_planned']} runs finished (study cut)."]
+            [
+                f"**Incomplete**: {summary['runs_finished']} of {summary['runs_planned']} runs finished (study cut); "
+                f"{summary['runs_summarised']} (the seeds that finished every arm) are summarised."
+            ]
             if summary.get("complete") is False
             else []
         ),
@@ -244,9 +247,13 @@ def main() -> int:
     if args.summarise_partial:
         start = json.loads(started_file.read_text())
         lines = (Path(args.out) / "runs.partial.jsonl").read_text().splitlines()
-        runs = sorted((json.loads(line) for line in lines), key=lambda r: (r["seed"], list(ARMS).index(r["arm"])))
+        finished = sorted((json.loads(line) for line in lines), key=lambda r: (r["seed"], list(ARMS).index(r["arm"])))
+        # Comparisons are paired by seed: only seeds that finished every arm are summarised (the rest are counted).
+        arms_of = {s: {r["arm"] for r in finished if r["seed"] == s} for s in {r["seed"] for r in finished}}
+        runs = [r for r in finished if arms_of[r["seed"]] == set(ARMS)]
         summary = summarise(runs, start["command"], time.time() - start["time"], start["settings"])
-        summary.update(complete=False, runs_finished=len(runs), runs_planned=len(start["settings"]["seeds"]) * 6)
+        planned = len(start["settings"]["seeds"]) * len(ARMS)
+        summary.update(complete=False, runs_finished=len(finished), runs_summarised=len(runs), runs_planned=planned)
         write_outputs(summary, runs, results)
         return 0
     from nemo_smartpt.world.build import ensure_world

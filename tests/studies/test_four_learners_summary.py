@@ -93,7 +93,8 @@ def test_summarise_only_regenerates_table_and_plot(study, tmp_path):
 
 
 def test_a_cut_study_is_summarised_from_its_finished_runs_and_marked_incomplete(tmp_path):
-    runs = [r for r in _runs(items=10) if r["seed"] == 1]  # seed 1 finished, seeds 2 and 3 did not
+    everything = _runs(items=10)
+    runs = [r for r in everything if r["seed"] == 1] + [everything[6]]  # seed 1 finished; seed 2 only one arm
     out = tmp_path / "runs"
     out.mkdir()
     settings = {"seeds": [1, 2, 3], "iters": 1}
@@ -106,6 +107,11 @@ def test_a_cut_study_is_summarised_from_its_finished_runs_and_marked_incomplete(
     )
     assert result.returncode == 0, result.stderr[-2000:]
     summary = json.loads((tmp_path / "res" / "summary.json").read_text())
-    assert (summary["complete"], summary["runs_finished"], summary["runs_planned"]) == (False, 6, 18)
+    assert everything[6]["seed"] == 2
+    counts = (summary["complete"], summary["runs_finished"], summary["runs_summarised"], summary["runs_planned"])
+    assert counts == (False, 7, 6, 18)
     assert summary["arms"]["volta"]["knowledge"]["n"] == 1
-    assert "**Incomplete**: 6 of 18 runs" in (tmp_path / "res" / "table.md").read_text()
+    assert (
+        "**Incomplete**: 7 of 18 runs finished (study cut); 6 (the seeds"
+        in (tmp_path / "res" / "table.md").read_text()
+    )
