@@ -93,7 +93,8 @@ def bootstrap(runs_by_arm: dict[str, list[dict]], metric: str, arms: list[str], 
 
     The same resampled seeds and items serve every arm of a comparison (paired: the arms share seeds and items)."""
     rng = random.Random(seed)
-    seeds = sorted({r["seed"] for r in runs_by_arm[arms[0]]})
+    # A comparison is paired: only the seeds every arm in it finished (all of them, unless a study was cut).
+    seeds = sorted(set.intersection(*({r["seed"] for r in runs_by_arm[a]} for a in arms)))
     scores = {a: {r["seed"]: r[metric] for r in runs_by_arm[a]} for a in arms}
     items = len(scores[arms[0]][seeds[0]])
     estimates = []
@@ -140,7 +141,7 @@ def write_outputs(summary: dict, runs: list[dict], results: Path) -> None:
         *(
             [
                 f"**Incomplete**: {summary['runs_finished']} of {summary['runs_planned']} runs finished (study cut); "
-                f"{summary['runs_summarised']} (the seeds that finished every arm) are summarised."
+                "each arm is summarised over the seeds it finished, each comparison over the seeds both arms finished."
             ]
             if summary.get("complete") is False
             else []
@@ -248,9 +249,8 @@ def main() -> int:
         start = json.loads(started_file.read_text())
         lines = (Path(args.out) / "runs.partial.jsonl").read_text().splitlines()
         finished = sorted((json.loads(line) for line in lines), key=lambda r: (r["seed"], list(ARMS).index(r["arm"])))
-        # Comparisons are paired by seed: only seeds that finished every arm are summarised (the rest are counted).
-        arms_of = {s: {r["arm"] for r in finished if r["seed"] == s} for s in {r["seed"] for r in finished}}
-        runs = [r for r in finished if arms_of[r["seed"]] == set(ARMS)]
+        # Every finished run counts; comparisons pair the seeds both arms finished (bootstrap()).
+        runs = finished
         summary = summarise(runs, start["command"], time.time() - start["time"], start["settings"])
         planned = len(start["settings"]["seeds"]) * len(ARMS)
         summary.update(complete=False, runs_finished=len(finished), runs_summarised=len(runs), runs_planned=planned)

@@ -109,7 +109,10 @@ def test_a_cut_study_is_summarised_from_its_finished_runs_and_marked_incomplete(
     summary = json.loads((tmp_path / "res" / "summary.json").read_text())
     assert everything[6]["seed"] == 2
     counts = (summary["complete"], summary["runs_finished"], summary["runs_summarised"], summary["runs_planned"])
-    assert counts == (False, 7, 6, 18)
+    assert counts == (False, 7, 7, 18)
+    assert summary["arms"]["pascal"]["knowledge"]["n"] == 2  # pascal finished seeds 1 and 2
+    vs_pascal = next(c for c in summary["comparisons"] if c["baseline"] == "pascal")
+    assert vs_pascal["n"] == 1  # volta finished only seed 1: the pair has one seed
     assert summary["arms"]["volta"]["knowledge"]["n"] == 1
     assert (
         "**Incomplete**: 7 of 18 runs finished (study cut); 6 (the seeds"
