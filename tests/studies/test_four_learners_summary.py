@@ -114,7 +114,4 @@ def test_a_cut_study_is_summarised_from_its_finished_runs_and_marked_incomplete(
     vs_pascal = next(c for c in summary["comparisons"] if c["baseline"] == "pascal")
     assert vs_pascal["n"] == 1  # volta finished only seed 1: the pair has one seed
     assert summary["arms"]["volta"]["knowledge"]["n"] == 1
-    assert (
-        "**Incomplete**: 7 of 18 runs finished (study cut); 6 (the seeds"
-        in (tmp_path / "res" / "table.md").read_text()
-    )
+    assert "**Incomplete**: 7 of 18 runs finished (study cut)" in (tmp_path / "res" / "table.md").read_text()
