@@ -29,13 +29,10 @@ import torch
 
 def _setup(args):
     from nemo_smartpt.runtime import apply_cpu_runtime
-    from nemo_smartpt.testing.distributed import free_port
-    from nemo_smartpt.testing.megatron import TinyGPTSpec, build_tiny_gpt, init_model_parallel
+    from nemo_smartpt.testing.megatron import TinyGPTSpec, build_tiny_gpt, init_single_process
 
     apply_cpu_runtime()
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
-    torch.distributed.init_process_group("gloo", rank=0, world_size=1)
-    init_model_parallel(1, 1, seed=args.seed)
+    init_single_process(seed=args.seed)
     spec = TinyGPTSpec(
         num_layers=args.layers,
         hidden_size=args.hidden,

@@ -37,7 +37,7 @@ def _rss_bytes() -> int:
 def _batch(args):
     import torch
 
-    from nemo_smartpt.rlp.prompt import ThoughtLayout, build_scoring_group, stack_groups
+    from nemo_smartpt.rlp.prompt import ThoughtLayout, build_scoring_group, flat_scoring_batch, stack_groups
 
     V = args.vocab
     layout = ThoughtLayout(prompt_ids=(), think_open_ids=(V - 3,), think_close_ids=(V - 2,), pad_id=0)
@@ -50,21 +50,7 @@ def _batch(args):
     st = stack_groups(groups)
     B, G, L = st["input_ids_BGL"].shape
     N = B * G
-    return {
-        "input_ids_NL": st["input_ids_BGL"].reshape(N, L),
-        "labels_NL": st["labels_BGL"].reshape(N, L),
-        "thought_mask_NL": st["thought_mask_BGL"].reshape(N, L),
-        "rollout_logp_NL": torch.zeros(N, L),
-        "predict_index_N": st["predict_index_BG"].reshape(N),
-        "valid_N": st["valid_BG"].reshape(N),
-        "truncated_N": st["truncated_BG"].reshape(N),
-        "thought_len_N": st["thought_len_BG"].reshape(N),
-        "s_ema_B": torch.zeros(B),
-        "has_s_ema": torch.tensor(True),
-        "num_groups": torch.tensor(B),
-        "ntp_loss_mask_NL": torch.zeros(N, L),
-        "position_ids_NL": torch.arange(L).expand(N, L),
-    }
+    return flat_scoring_batch(st, s_ema_B=torch.zeros(B)) | {"position_ids_NL": torch.arange(L).expand(N, L)}
 
 
 def run_variant(args) -> dict:
@@ -75,14 +61,11 @@ def run_variant(args) -> dict:
     from nemo_smartpt.rlp.megatron.logprobs import causal_mask
     from nemo_smartpt.rlp.megatron.step import logprobs_from_logits, rlp_forward, rlp_loss_func
     from nemo_smartpt.runtime import apply_cpu_runtime
-    from nemo_smartpt.testing.distributed import free_port
-    from nemo_smartpt.testing.megatron import TinyGPTSpec, build_tiny_gpt, init_model_parallel
+    from nemo_smartpt.testing.megatron import TinyGPTSpec, build_tiny_gpt, init_single_process
 
     apply_cpu_runtime()
     torch.set_num_threads(1)
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
-    torch.distributed.init_process_group("gloo", rank=0, world_size=1)
-    init_model_parallel(1, 1, seed=0)
+    init_single_process(seed=0)
     batch = _batch(args)
     N, L = batch["input_ids_NL"].shape
     spec = TinyGPTSpec(

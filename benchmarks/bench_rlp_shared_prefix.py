@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 
 import torch
@@ -27,13 +26,10 @@ import torch
 
 def _setup(args):
     from nemo_smartpt.runtime import apply_cpu_runtime
-    from nemo_smartpt.testing.distributed import free_port
-    from nemo_smartpt.testing.megatron import TinyGPTSpec, build_tiny_gpt, init_model_parallel
+    from nemo_smartpt.testing.megatron import TinyGPTSpec, build_tiny_gpt, init_single_process
 
     apply_cpu_runtime()
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
-    torch.distributed.init_process_group("gloo", rank=0, world_size=1)
-    init_model_parallel(1, 1, seed=args.seed)
+    init_single_process(seed=args.seed)
     spec = TinyGPTSpec(
         num_layers=args.layers,
         hidden_size=args.hidden,
@@ -46,7 +42,7 @@ def _setup(args):
 
 def _batch(args):
     """One prepared micro-batch with both layouts: B groups, prefix ``P x_<t <think>`` of ``--context`` tokens."""
-    from nemo_smartpt.rlp.prompt import ThoughtLayout, build_scoring_group, stack_groups
+    from nemo_smartpt.rlp.prompt import ThoughtLayout, build_scoring_group, flat_scoring_batch, stack_groups
     from nemo_smartpt.rlp.shared_prefix import shared_prefix_batch
 
     V = args.vocab
@@ -62,21 +58,7 @@ def _batch(args):
     stacked = stack_groups(scoring, pad_id=0)
     B, _, L = stacked["input_ids_BGL"].shape
     N = B * G
-    batch = {
-        "input_ids_NL": stacked["input_ids_BGL"].reshape(N, L),
-        "labels_NL": stacked["labels_BGL"].reshape(N, L),
-        "thought_mask_NL": stacked["thought_mask_BGL"].reshape(N, L),
-        "rollout_logp_NL": torch.zeros(N, L),
-        "predict_index_N": stacked["predict_index_BG"].reshape(N),
-        "valid_N": stacked["valid_BG"].reshape(N),
-        "truncated_N": stacked["truncated_BG"].reshape(N),
-        "thought_len_N": stacked["thought_len_BG"].reshape(N),
-        "s_ema_B": torch.zeros(B),
-        "has_s_ema": torch.tensor(True),
-        "num_groups": torch.tensor(B),
-        "ntp_loss_mask_NL": torch.zeros(N, L),
-        "position_ids_NL": torch.arange(L).expand(N, L),
-    }
+    batch = flat_scoring_batch(stacked, s_ema_B=torch.zeros(B)) | {"position_ids_NL": torch.arange(L).expand(N, L)}
     grouped = shared_prefix_batch(
         batch["input_ids_NL"],
         G,

@@ -35,7 +35,6 @@ import contextlib
 import dataclasses
 import importlib.util
 import json
-import os
 import sys
 import time
 import traceback
@@ -53,24 +52,19 @@ def _report(status: str, name: str, detail: str = "", key: str | None = None, **
 
 
 def _init(seed: int):
-    from nemo_smartpt.testing.distributed import free_port
-    from nemo_smartpt.testing.megatron import init_model_parallel
+    from nemo_smartpt.testing.megatron import init_single_process
 
-    if not torch.cuda.is_available():
+    if torch.cuda.is_available():
+        torch.cuda.set_device(0)
+    else:
         from nemo_smartpt.runtime import apply_cpu_runtime
 
         apply_cpu_runtime()
-    # One process, always: a port inherited from the caller's environment may be held by the caller's own group.
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
-    torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo", rank=0, world_size=1)
-    if torch.cuda.is_available():
-        torch.cuda.set_device(0)
-    init_model_parallel(1, 1, seed=seed)
+    init_single_process(seed=seed, backend="nccl" if torch.cuda.is_available() else "gloo")
 
 
 def _gpt(sizes, dtype):
     """A Llama-family decoder: RoPE, GQA, SwiGLU, RMSNorm, untied output layer (TE spec when TE imports)."""
-    import torch.nn.functional as F
     from megatron.core.models.gpt import GPTModel
 
     from nemo_smartpt.testing.megatron import TinyGPTSpec, transformer_config
@@ -82,6 +76,8 @@ def _gpt(sizes, dtype):
         vocab_size=sizes["vocab"],
         seq_length=sizes["max_len"],
         ffn_hidden_size=sizes["ffn"],
+        family="llama",
+        num_query_groups=sizes["kv_heads"],
     )
     on_gpu = torch.cuda.is_available()
     config = transformer_config(
@@ -90,16 +86,10 @@ def _gpt(sizes, dtype):
         pipeline_dtype=dtype,
         bf16=dtype == torch.bfloat16,
         use_cpu_initialization=not on_gpu,
-        num_query_groups=sizes["kv_heads"],
-        normalization="RMSNorm",
-        gated_linear_unit=True,
-        activation_func=F.silu,
-        add_bias_linear=False,
     )
-    layer_spec = _layer_spec()
     model = GPTModel(
         config=config,
-        transformer_layer_spec=layer_spec,
+        transformer_layer_spec=_layer_spec(),
         vocab_size=spec.vocab_size,
         max_sequence_length=spec.seq_length,
         position_embedding_type="rope",
@@ -282,7 +272,7 @@ def check_dynamic_engine(sizes) -> None:
 
 def _scoring_batch(sizes, device):
     """One prepared micro-batch of G rows ``<think> thought </think> x_t`` after a context (random tokens)."""
-    from nemo_smartpt.rlp.prompt import ThoughtLayout, build_scoring_group, stack_groups
+    from nemo_smartpt.rlp.prompt import ThoughtLayout, build_scoring_group, flat_scoring_batch, stack_groups
 
     v, G = sizes["vocab"], sizes["G"]
     layout = ThoughtLayout(prompt_ids=(), think_open_ids=(v - 3,), think_close_ids=(v - 2,), pad_id=0)
@@ -291,21 +281,7 @@ def _scoring_batch(sizes, device):
     thoughts = [torch.randint(0, v - 4, (sizes["thought"],), generator=gen).tolist() for _ in range(G)]
     st = stack_groups([build_scoring_group(layout, ctx, thoughts, 7, sizes["thought"] + 1)])
     N, L = G, st["input_ids_BGL"].shape[-1]
-    batch = {
-        "input_ids_NL": st["input_ids_BGL"].reshape(N, L),
-        "labels_NL": st["labels_BGL"].reshape(N, L),
-        "thought_mask_NL": st["thought_mask_BGL"].reshape(N, L),
-        "rollout_logp_NL": torch.zeros(N, L),
-        "predict_index_N": st["predict_index_BG"].reshape(N),
-        "valid_N": st["valid_BG"].reshape(N),
-        "truncated_N": st["truncated_BG"].reshape(N),
-        "thought_len_N": st["thought_len_BG"].reshape(N),
-        "s_ema_B": torch.zeros(1),
-        "has_s_ema": torch.tensor(True),
-        "num_groups": torch.tensor(1),
-        "ntp_loss_mask_NL": torch.zeros(N, L),
-        "position_ids_NL": torch.arange(L).expand(N, L),
-    }
+    batch = flat_scoring_batch(st, s_ema_B=torch.zeros(1)) | {"position_ids_NL": torch.arange(L).expand(N, L)}
     return {k: v.to(device) for k, v in batch.items()}
 
 

@@ -65,17 +65,15 @@ def single_process_group():
     """torch.distributed (gloo, world size 1) and megatron model-parallel state in this process, torn down after."""
     from megatron.core import parallel_state
 
-    from nemo_smartpt.testing.distributed import free_port
-    from nemo_smartpt.testing.megatron import init_model_parallel
+    from nemo_smartpt.testing.megatron import init_single_process
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
-    torch.distributed.init_process_group("gloo", rank=0, world_size=1)
     try:
-        init_model_parallel(1, 1, seed=1234)
+        init_single_process(seed=1234)
         yield
     finally:
         parallel_state.destroy_model_parallel()
-        torch.distributed.destroy_process_group()
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
 
 @pytest.fixture
@@ -84,6 +82,15 @@ def tiny_gpt(single_process_group):
     from nemo_smartpt.testing.megatron import TinyGPTSpec, build_tiny_gpt
 
     return build_tiny_gpt(TinyGPTSpec(vocab_size=TINY_VOCAB))
+
+
+@pytest.fixture
+def tiny_llama(single_process_group):
+    """The tiny GPT in the Llama 3 / Qwen 3 shape: RoPE, grouped-query attention (2 KV heads for 4 query heads),
+    SwiGLU, RMSNorm, no linear biases, untied output layer; local layer spec, fp32 on CPU."""
+    from nemo_smartpt.testing.megatron import TinyGPTSpec, build_tiny_gpt
+
+    return build_tiny_gpt(TinyGPTSpec(vocab_size=TINY_VOCAB, family="llama"))
 
 
 @pytest.fixture(scope="session")

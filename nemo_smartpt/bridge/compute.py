@@ -10,14 +10,25 @@ import math
 
 
 def model_flops_spec(model_cfg):
-    """Non-embedding parameters and attention width of a Megatron transformer config (dense GPT)."""
+    """Matrix parameters of the decoder and attention width of a Megatron transformer config (dense GPT).
+
+    Attention projections follow the config's heads: Q and the output projection are ``h x heads·kv_channels``,
+    K and V ``h x groups·kv_channels`` each (grouped-query attention: groups < heads; Llama 3 8B has 8 KV heads for
+    32 query heads, so ``4h²`` would over-count its attention weights by 1.6x). Norms and biases (< 0.1% at real
+    widths) are left out, as in the 2N/6N rule.
+    """
     from nemo_smartpt.rlp.flops import ModelFlopsSpec
 
     h, layers = int(model_cfg.hidden_size), int(model_cfg.num_layers)
+    heads = int(model_cfg.num_attention_heads)
+    kv_channels = int(getattr(model_cfg, "kv_channels", None) or h // heads)
+    groups = int(getattr(model_cfg, "num_query_groups", None) or heads)
+    query_width = heads * kv_channels
+    attention = 2 * h * query_width + 2 * h * groups * kv_channels
     ffn = int(model_cfg.ffn_hidden_size or 4 * h)
     mlp_mult = 3 if getattr(model_cfg, "gated_linear_unit", False) else 2
-    num_params = layers * (4 * h * h + mlp_mult * h * ffn)
-    return ModelFlopsSpec(num_params=float(num_params), num_attn_layers=layers, attn_dim=h)
+    num_params = layers * (attention + mlp_mult * h * ffn)
+    return ModelFlopsSpec(num_params=float(num_params), num_attn_layers=layers, attn_dim=query_width)
 
 
 def rlp_compute_match(rlp_cfg, bridge, rlp_steps: int, prompt_tokens: int = 0):

@@ -202,6 +202,9 @@ class MetricsCallback:
             def on_train_start(self, context):
                 outer._start(context)
 
+            def on_train_step_start(self, context):
+                outer._lr_in_force = _current_lr(context)
+
             def on_train_step_end(self, context):
                 outer._step(context)
 
@@ -211,6 +214,10 @@ class MetricsCallback:
         return _Metrics()
 
     # ------------------------------------------------------------------------------------------------ internals
+
+    # The learning rate this step's optimizer.step() used, read at step start: by step end Bridge's scheduler has
+    # already written the next step's value, and on RLP steps the schedule's get_lr() is the next-token one.
+    _lr_in_force: float | None = None
 
     def _is_writer(self) -> bool:
         if not torch.distributed.is_initialized():
@@ -272,8 +279,8 @@ class MetricsCallback:
             record[record_key(key)] = float(value)
         if context.grad_norm is not None:
             record["grad_norm"] = float(context.grad_norm)
-        if context.scheduler is not None:
-            record["lr"] = float(context.scheduler.get_lr(context.optimizer.param_groups[0]))
+        if self._lr_in_force is not None:
+            record["lr"] = self._lr_in_force
         ours: dict[str, float] = {}
         if self.breakdown is not None:
             if parallel_state.is_pipeline_last_stage():
@@ -304,3 +311,8 @@ class MetricsCallback:
         print(progress_line(record, total, samples, rate, self.tokens_per_sample), flush=True)
         if switched:
             print(f"[smartpt] phase switch -> {phase} at step {step} (first sample {first_sample})", flush=True)
+
+
+def _current_lr(context) -> float | None:
+    groups = getattr(context.optimizer, "param_groups", None) or []
+    return float(groups[0]["lr"]) if groups else None

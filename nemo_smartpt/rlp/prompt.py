@@ -214,6 +214,33 @@ def stack_groups(groups: Sequence[ScoringGroup], pad_id: int = 0) -> dict[str, t
     }
 
 
+def flat_scoring_batch(
+    stacked: dict[str, torch.Tensor],
+    rollout_logp_BGL: torch.Tensor | None = None,
+    s_ema_B: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """The step's micro-batch from :func:`stack_groups`: the B·G rows flattened to ``N = B·G`` (``_NL``/``_N``),
+    the sampler's log-probs (zeros when not given: ratio 1), and S_ema per group (``has_s_ema`` says whether it was
+    computed). No next-token rows yet (``ntp_loss_mask_NL`` all zero) and no position ids (the length may still be
+    padded)."""
+    B, G, L = stacked["input_ids_BGL"].shape
+    N = B * G
+    return {
+        "input_ids_NL": stacked["input_ids_BGL"].reshape(N, L),
+        "labels_NL": stacked["labels_BGL"].reshape(N, L),
+        "thought_mask_NL": stacked["thought_mask_BGL"].reshape(N, L),
+        "rollout_logp_NL": torch.zeros(N, L) if rollout_logp_BGL is None else rollout_logp_BGL.reshape(N, L),
+        "predict_index_N": stacked["predict_index_BG"].reshape(N),
+        "valid_N": stacked["valid_BG"].reshape(N),
+        "truncated_N": stacked["truncated_BG"].reshape(N),
+        "thought_len_N": stacked["thought_len_BG"].reshape(N),
+        "s_ema_B": torch.zeros(B) if s_ema_B is None else s_ema_B.float().cpu(),
+        "has_s_ema": torch.tensor(s_ema_B is not None),
+        "num_groups": torch.tensor(B),
+        "ntp_loss_mask_NL": torch.zeros(N, L),
+    }
+
+
 @dataclasses.dataclass
 class BaselineSequence:
     """``[P] x_<t x_t`` in next-token form; S_ema = log p_φ(labels[predict_index]) at ``predict_index``."""

@@ -114,6 +114,13 @@ SHIMS: tuple[Shim, ...] = (
         "torch.cuda.nvtx raises 'NVTX functions not installed' without CUDA",
     ),
     Shim(
+        "hybrid_final_norm",
+        "megatron.core.models.hybrid.hybrid_block",
+        "self.final_norm = TENorm(",
+        "HybridStack builds its final norm with Transformer Engine's TENorm whatever the layer spec, and TENorm "
+        "raises without TE: attention/MLP hybrid patterns could not run on CPU",
+    ),
+    Shim(
         "bridge_lora_te_import",
         "megatron.bridge.peft.lora_layers",
         "import transformer_engine.pytorch as te",
@@ -413,7 +420,22 @@ def _check_compiled_helpers() -> None:
     from megatron.core.datasets import helpers_cpp  # noqa: F401
 
 
+def _patch_hybrid_block(module) -> None:
+    """HybridStack's final norm: megatron's torch norm (LayerNorm or RMSNorm per the config) where TE is absent."""
+    from megatron.core.extensions.transformer_engine import HAVE_TE
+
+    if HAVE_TE:
+        return
+    from megatron.core.transformer.torch_norm import WrappedTorchNorm
+
+    def torch_norm(config, hidden_size: int, eps: float = 1e-5):
+        return WrappedTorchNorm(config=config, hidden_size=hidden_size, eps=eps)
+
+    module.TENorm = torch_norm
+
+
 _POST_IMPORT: dict[str, Callable] = {
+    "megatron.core.models.hybrid.hybrid_block": _patch_hybrid_block,
     "megatron.core.tensor_parallel.random": _patch_megatron_random,
     "megatron.bridge.training.initialize": _patch_bridge_initialize,
     "megatron.bridge.training.setup": _patch_bridge_setup,

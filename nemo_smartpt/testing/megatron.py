@@ -25,6 +25,33 @@ class TinyGPTSpec:
     seq_length: int = 32
     ffn_hidden_size: int | None = None
     share_embeddings: bool = False
+    family: str = "gpt"
+    """``gpt``: learned absolute positions, LayerNorm, a GeLU MLP with biases. ``llama``: the Llama 3 / Qwen 3
+    shape: RoPE, grouped-query attention (``num_query_groups``), SwiGLU, RMSNorm, no linear biases (with
+    ``share_embeddings=False``, the untied output layer)."""
+    num_query_groups: int | None = None
+    """KV heads of the ``llama`` family (None: half the attention heads)."""
+
+    @property
+    def is_llama(self) -> bool:
+        if self.family not in ("gpt", "llama"):
+            raise ValueError(f"TinyGPTSpec.family must be 'gpt' or 'llama', got {self.family!r}")
+        return self.family == "llama"
+
+
+def family_overrides(spec: TinyGPTSpec) -> dict:
+    """TransformerConfig fields of the spec's architecture family."""
+    if not spec.is_llama:
+        return {}
+    import torch.nn.functional as F
+
+    return dict(
+        num_query_groups=spec.num_query_groups or max(1, spec.num_attention_heads // 2),
+        normalization="RMSNorm",
+        gated_linear_unit=True,
+        activation_func=F.silu,
+        add_bias_linear=False,
+    )
 
 
 def init_model_parallel(tp: int = 1, pp: int = 1, seed: int = 1234) -> None:
@@ -36,6 +63,19 @@ def init_model_parallel(tp: int = 1, pp: int = 1, seed: int = 1234) -> None:
     parallel_state.initialize_model_parallel(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp)
     torch.manual_seed(seed)
     tensor_parallel.model_parallel_cuda_manual_seed(seed)
+
+
+def init_single_process(seed: int = 1234, backend: str = "gloo") -> None:
+    """A world of one (gloo by default) on a free port, and megatron's model-parallel state (TP = PP = 1) seeded with ``seed``:
+    what a benchmark or a one-process check needs before building a model."""
+    import os
+
+    from nemo_smartpt.testing.distributed import free_port
+
+    # Always a fresh port: one inherited from the caller's environment may be held by the caller's own group.
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
+    torch.distributed.init_process_group(backend, rank=0, world_size=1)
+    init_model_parallel(1, 1, seed=seed)
 
 
 def transformer_config(spec: TinyGPTSpec, tp: int = 1, pp: int = 1, **overrides):
@@ -56,6 +96,7 @@ def transformer_config(spec: TinyGPTSpec, tp: int = 1, pp: int = 1, **overrides)
         bias_dropout_fusion=False,
         gradient_accumulation_fusion=False,
     )
+    kwargs.update(family_overrides(spec))
     kwargs.update(overrides)
     return TransformerConfig(**kwargs)
 
@@ -84,6 +125,7 @@ def build_tiny_gpt(spec: TinyGPTSpec = TinyGPTSpec(), config=None, pre_process=N
         pre_process=pre_process,
         post_process=post_process,
         share_embeddings_and_output_weights=spec.share_embeddings,
+        position_embedding_type="rope" if spec.is_llama else "learned_absolute",
     )
 
 
@@ -98,11 +140,31 @@ def global_name(local_name: str, layers_per_stage: int, pp_rank: int) -> str:
     return f"{match.group(1)}{int(match.group(2)) + pp_rank * layers_per_stage}{match.group(3)}"
 
 
-def shard_of(full: torch.Tensor, param: torch.nn.Parameter, tp_rank: int, tp_size: int) -> torch.Tensor:
-    """The slice of a full (TP=1) tensor that this rank's parameter holds."""
-    if not getattr(param, "tensor_model_parallel", False) or tp_size == 1:
+def _glu_fc1(model: torch.nn.Module, name: str) -> bool:
+    """Whether ``name`` is the first projection of a gated MLP (SwiGLU): ``[gate; up]`` along its output dimension."""
+    gated = bool(getattr(getattr(model, "config", None), "gated_linear_unit", False))
+    return gated and name.endswith("mlp.linear_fc1.weight")
+
+
+def tp_slice(full: torch.Tensor, partition_dim: int | None, tp_rank: int, tp_size: int, glu: bool = False):
+    """The part of a full (TP=1) tensor that TP rank ``tp_rank`` holds.
+
+    A gated MLP's first projection is ``[gate; up]`` at TP=1, and each TP rank holds ``[gate_r; up_r]`` (its slice of
+    both halves, as megatron-core's sharded checkpoint factory for GLU describes it), not a contiguous chunk.
+    """
+    if partition_dim is None or tp_size == 1:
         return full
-    return torch.chunk(full, tp_size, dim=param.partition_dim)[tp_rank]
+    if glu:
+        gate, up = torch.chunk(full, 2, dim=partition_dim)
+        parts = [torch.chunk(half, tp_size, dim=partition_dim)[tp_rank] for half in (gate, up)]
+        return torch.cat(parts, dim=partition_dim)
+    return torch.chunk(full, tp_size, dim=partition_dim)[tp_rank]
+
+
+def shard_of(full: torch.Tensor, param: torch.nn.Parameter, tp_rank: int, tp_size: int, glu: bool = False):
+    """The slice of a full (TP=1) tensor that this rank's parameter holds."""
+    partition_dim = param.partition_dim if getattr(param, "tensor_model_parallel", False) else None
+    return tp_slice(full, partition_dim, tp_rank, tp_size, glu)
 
 
 def load_full_state_dict(model: torch.nn.Module, full: dict[str, torch.Tensor], num_layers: int) -> None:
@@ -117,11 +179,11 @@ def load_full_state_dict(model: torch.nn.Module, full: dict[str, torch.Tensor], 
     with torch.no_grad():
         for name, param in model.named_parameters():
             source = full[global_name(name, per_stage, pp_rank)]
-            param.copy_(shard_of(source, param, tp_rank, tp_size))
+            param.copy_(shard_of(source, param, tp_rank, tp_size, glu=_glu_fc1(model, name)))
 
 
-def sharded_grads(model: torch.nn.Module, num_layers: int) -> list[tuple[str, int | None, int, torch.Tensor]]:
-    """This rank's gradients as ``(single-process name, partition_dim or None, tp_rank, grad)`` for comparison."""
+def sharded_grads(model: torch.nn.Module, num_layers: int) -> list[tuple[str, int | None, int, torch.Tensor, bool]]:
+    """This rank's gradients as ``(single-process name, partition_dim or None, tp_rank, grad, gated fc1)``."""
     from megatron.core import parallel_state
 
     per_stage = num_layers // parallel_state.get_pipeline_model_parallel_world_size()
@@ -133,6 +195,7 @@ def sharded_grads(model: torch.nn.Module, num_layers: int) -> list[tuple[str, in
             p.partition_dim if getattr(p, "tensor_model_parallel", False) else None,
             tp_rank,
             p.grad.clone(),
+            _glu_fc1(model, name),
         )
         for name, p in model.named_parameters()
     ]
@@ -141,9 +204,8 @@ def sharded_grads(model: torch.nn.Module, num_layers: int) -> list[tuple[str, in
 def assert_grads_match(rank_grads, reference: dict[str, torch.Tensor], tp: int, rtol=1e-4, atol=1e-6) -> set[str]:
     """Each rank's gradient shard equals the matching slice of the single-process gradient; returns names checked."""
     checked = set()
-    for name, partition_dim, tp_rank, grad in rank_grads:
-        full = reference[name]
-        expected = full if partition_dim is None else torch.chunk(full, tp, dim=partition_dim)[tp_rank]
+    for name, partition_dim, tp_rank, grad, glu in rank_grads:
+        expected = tp_slice(reference[name], partition_dim, tp_rank, tp, glu)
         torch.testing.assert_close(grad, expected, rtol=rtol, atol=atol, msg=lambda m, n=name: f"{n}: {m}")
         checked.add(name)
     return checked

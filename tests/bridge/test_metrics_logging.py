@@ -101,6 +101,19 @@ def test_each_metric_has_one_tensorboard_tag(hopper_run):
 
 
 @pytest.mark.slow
+def test_each_record_has_the_learning_rate_its_step_ran_with(hopper_run):
+    """Two next-token steps at the recipe's rates, then one RLP step at RLP's own (``rlp.lr``, 1e-6 by default):
+    ``lr`` is read when the step starts, not from the schedule afterwards (by then the next step's next-token value)."""
+    records = _jsonl(hopper_run.out / "metrics.jsonl")
+    assert [r["step"] for r in records] == [1, 2, 3]
+    (rlp_record,) = [r for r in records if "rlp_lr" in r]
+    assert rlp_record["step"] == 3
+    assert rlp_record["lr"] == rlp_record["rlp_lr"] == pytest.approx(1e-6)
+    # cpu_tiny's next-token schedule: one warm-up step from 0, then 3e-3 (what the optimizer ran with, step by step).
+    assert [r["lr"] for r in records[:2]] == [0.0, pytest.approx(3e-3)]
+
+
+@pytest.mark.slow
 def test_console_shows_reward_and_smoothed_rate_without_bridge_noise(hopper_run):
     out = hopper_run.output
     lines = [line for line in out.splitlines() if line.startswith("[smartpt] step ")]

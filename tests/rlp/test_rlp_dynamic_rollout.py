@@ -32,6 +32,14 @@ def gpt(single_process_group):
     return build_tiny_gpt(TinyGPTSpec(vocab_size=128, seq_length=128))
 
 
+@pytest.fixture(params=["gpt", "llama"])
+def decoder(request, single_process_group):
+    """Both families of the tiny model; ``llama``: RoPE (rotated in the paged cache), GQA, SwiGLU, RMSNorm."""
+    from nemo_smartpt.testing.megatron import TinyGPTSpec, build_tiny_gpt
+
+    return build_tiny_gpt(TinyGPTSpec(vocab_size=128, seq_length=128, family=request.param))
+
+
 def _prompts(lengths=(20, 37, 9), seed=3):
     gen = torch.Generator().manual_seed(seed)
     return [torch.randint(0, 120, (n,), generator=gen).tolist() for n in lengths]
@@ -44,11 +52,11 @@ def _dynamic(counters=None, **kwargs):
     )
 
 
-def test_greedy_equals_kv_cache_sampler_and_prefix_blocks_are_shared(gpt, paged_attention):
+def test_greedy_equals_kv_cache_sampler_and_prefix_blocks_are_shared(decoder, paged_attention):
     prompts, G = _prompts(), 3
     counters = RolloutCounters()
-    got = _dynamic(counters, greedy=True).generate_groups(gpt, prompts, G)
-    ref = KVCacheSampler(10, STOP, temperature=1.0, greedy=True).generate_groups(gpt, prompts, G)
+    got = _dynamic(counters, greedy=True).generate_groups(decoder, prompts, G)
+    ref = KVCacheSampler(10, STOP, temperature=1.0, greedy=True).generate_groups(decoder, prompts, G)
     for g, r in zip(got, ref):
         assert g.thoughts == r.thoughts
         torch.testing.assert_close(torch.tensor(g.logprobs), torch.tensor(r.logprobs), rtol=1e-5, atol=1e-5)

@@ -5,6 +5,9 @@ pipeline (positions, KV-cache rollouts, EMA baseline), padded to one fixed shape
 loads exactly those weights and batches and runs megatron-core's ``get_forward_backward_func()`` with the RLP forward
 step; losses, reporting pairs and every gradient shard must match. Under TP=2 the vocab-parallel log-probs of the
 first batch are compared too, greedy KV-cache rollouts equal TP=1's, and both TP ranks sample identical thoughts.
+TP=2 runs on both architecture families of the tiny model: GPT-2 style, and Llama style (RoPE, grouped-query
+attention with one KV head per TP rank, SwiGLU whose gate and up projections are split per rank, RMSNorm, untied
+output layer).
 """
 
 from __future__ import annotations
@@ -20,7 +23,12 @@ from nemo_smartpt.testing.megatron import TinyGPTSpec, assert_grads_match
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
-SPEC = TinyGPTSpec(num_layers=2, hidden_size=32, num_attention_heads=4, vocab_size=128, seq_length=32)
+SPECS = {
+    family: TinyGPTSpec(
+        num_layers=2, hidden_size=32, num_attention_heads=4, vocab_size=128, seq_length=32, family=family
+    )
+    for family in ("gpt", "llama")
+}
 EOD = 127
 LAYOUT = ThoughtLayout(prompt_ids=(120,), think_open_ids=(121,), think_close_ids=(122,), pad_id=0)
 # A 5-position logits chunk: the chunked, gathered-positions log-probs run over several chunks under TP=2 too.
@@ -54,13 +62,13 @@ def _run_schedule(model, batches, forward_only=False):
     return [{k: v.tolist() for k, v in d.items()} for d in losses]
 
 
-def _reference(rank, world_size, state_path, batch_path):
+def _reference(rank, world_size, family, state_path, batch_path):
     from nemo_smartpt.rlp import ParamEMA
     from nemo_smartpt.rlp.megatron.prepare import RLPPreparer, pad_prepared_length
     from nemo_smartpt.testing.megatron import build_tiny_gpt, init_model_parallel
 
     init_model_parallel(1, 1, seed=11)
-    model = build_tiny_gpt(SPEC)
+    model = build_tiny_gpt(SPECS[family])
     torch.save({k: v.clone() for k, v in model.state_dict().items() if v is not None}, state_path)
     ema = ParamEMA(0.5)
     ema.initialize(list(model.parameters()))
@@ -99,16 +107,17 @@ def _sampled_rollouts(model):
     return [g.thoughts for g in groups]
 
 
-def _parallel(rank, world_size, tp, pp, state_path, batch_path):
+def _parallel(rank, world_size, family, tp, pp, state_path, batch_path):
     from megatron.core import parallel_state
 
     from nemo_smartpt.rlp.megatron.logprobs import vocab_parallel_logprobs
     from nemo_smartpt.rlp.megatron.step import logprobs_from_logits, rlp_forward
     from nemo_smartpt.testing.megatron import build_tiny_gpt, init_model_parallel, load_full_state_dict, sharded_grads
 
+    spec = SPECS[family]
     init_model_parallel(tp, pp, seed=99)  # a different seed: the weights must come from the reference
-    model = build_tiny_gpt(SPEC)
-    load_full_state_dict(model, torch.load(state_path), SPEC.num_layers)
+    model = build_tiny_gpt(spec)
+    load_full_state_dict(model, torch.load(state_path), spec.num_layers)
     batches = torch.load(batch_path)
     logp = None
     if pp == 1:
@@ -120,23 +129,35 @@ def _parallel(rank, world_size, tp, pp, state_path, batch_path):
         # Generation under TP: both ranks must draw the same tokens (same seed, gathered logits).
         logp = (logp, _greedy_rollouts(model), _sampled_rollouts(model), (selected, full))
     losses = _run_schedule(model, batches)
-    grads = sharded_grads(model, SPEC.num_layers)
+    grads = sharded_grads(model, spec.num_layers)
     return losses, grads, logp, parallel_state.is_pipeline_last_stage()
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    d = tmp_path_factory.mktemp("rlp_ref")
-    ((losses, grads, logp, prefills),) = run_distributed(_reference, 1, str(d / "s.pt"), str(d / "b.pt"), timeout=300)
-    assert prefills == NUM_MICRO  # one group per micro-batch, one prefill per group
-    assert losses[0]["rlp loss"][1] == CFG.num_rollouts  # eq. 8 counts thoughts: G per micro-batch
-    return d, losses, grads, logp
+def references(tmp_path_factory):
+    """The single-process run of each family, made once per module when a test first asks for it."""
+    made: dict = {}
+
+    def reference(family: str):
+        if family not in made:
+            d = tmp_path_factory.mktemp(f"rlp_ref_{family}")
+            ((losses, grads, logp, prefills),) = run_distributed(
+                _reference, 1, family, str(d / "s.pt"), str(d / "b.pt"), timeout=300
+            )
+            assert prefills == NUM_MICRO  # one group per micro-batch, one prefill per group
+            assert losses[0]["rlp loss"][1] == CFG.num_rollouts  # eq. 8 counts thoughts: G per micro-batch
+            made[family] = d, losses, grads, logp
+        return made[family]
+
+    return reference
 
 
-@pytest.mark.parametrize("tp,pp", [(2, 1), (1, 2)], ids=["tp2", "pp2"])
-def test_rlp_loss_and_grads_match_single_process(reference, tp, pp):
-    d, ref_losses, ref_grads, (ref_logp, ref_greedy) = reference
-    results = run_distributed(_parallel, 2, tp, pp, str(d / "s.pt"), str(d / "b.pt"), timeout=300)
+@pytest.mark.parametrize(
+    "family,tp,pp", [("gpt", 2, 1), ("gpt", 1, 2), ("llama", 2, 1)], ids=["tp2", "pp2", "llama-tp2"]
+)
+def test_rlp_loss_and_grads_match_single_process(references, family, tp, pp):
+    d, ref_losses, ref_grads, (ref_logp, ref_greedy) = references(family)
+    results = run_distributed(_parallel, 2, family, tp, pp, str(d / "s.pt"), str(d / "b.pt"), timeout=300)
     checked = set()
     if tp == 2:
         (_, greedy0, sampled0, _), (_, greedy1, sampled1, _) = results[0][2], results[1][2]

@@ -1,4 +1,8 @@
-"""KV-cache rollouts over the real megatron-core GPTModel: equal to re-encoding, one prefill per group."""
+"""KV-cache rollouts over the real megatron-core GPTModel: equal to re-encoding, one prefill per group.
+
+The equality tests run on both architecture families of the tiny model: GPT-2 style (learned positions, LayerNorm,
+GeLU) and Llama style (RoPE, whose cached keys carry their rotation; GQA, whose cache holds fewer KV heads; SwiGLU;
+RMSNorm; untied output layer)."""
 
 from __future__ import annotations
 
@@ -10,18 +14,32 @@ from nemo_smartpt.rlp.megatron.rollout import KVCacheSampler, NoCacheSampler, Ro
 STOP = (5, 6)  # a two-token </think>, to exercise multi-token stop matching
 
 
+@pytest.fixture(params=["gpt", "llama"])
+def decoder(request):
+    return request.getfixturevalue("tiny_gpt" if request.param == "gpt" else "tiny_llama")
+
+
+def test_tiny_llama_has_the_llama_shape(tiny_llama):
+    config = tiny_llama.config
+    assert tiny_llama.position_embedding_type == "rope"
+    assert config.num_query_groups == 2 < config.num_attention_heads == 4
+    assert config.gated_linear_unit and config.normalization == "RMSNorm"
+    assert not tiny_llama.share_embeddings_and_output_weights
+    assert not [n for n, _ in tiny_llama.named_parameters() if n.endswith(".bias")]
+
+
 def _prompts():
     gen = torch.Generator().manual_seed(3)
     return [torch.randint(0, 120, (n,), generator=gen).tolist() for n in (7, 12, 4)]
 
 
-def test_kv_cache_greedy_equals_no_cache(tiny_gpt):
+def test_kv_cache_greedy_equals_no_cache(decoder):
     counters = RolloutCounters()
     cached = KVCacheSampler(max_new_tokens=10, stop_ids=STOP, greedy=True, counters=counters)
     naive = NoCacheSampler(max_new_tokens=10, stop_ids=STOP, greedy=True)
     prompts = _prompts()
-    got = cached.generate_groups(tiny_gpt, prompts, num_samples=3)
-    ref = naive.generate_groups(tiny_gpt, prompts, num_samples=3)
+    got = cached.generate_groups(decoder, prompts, num_samples=3)
+    ref = naive.generate_groups(decoder, prompts, num_samples=3)
     for g, r in zip(got, ref):
         assert g.thoughts == r.thoughts
         torch.testing.assert_close(torch.tensor(g.logprobs), torch.tensor(r.logprobs), rtol=1e-5, atol=1e-5)
@@ -32,12 +50,12 @@ def test_kv_cache_greedy_equals_no_cache(tiny_gpt):
     assert naive.counters.prefills == 0 and naive.counters.full_forwards > counters.prefills
 
 
-def test_kv_cache_sampling_matches_no_cache_and_is_deterministic(tiny_gpt):
+def test_kv_cache_sampling_matches_no_cache_and_is_deterministic(decoder):
     prompts = _prompts()[:2]
 
     def run(cls, seed):
         sampler = cls(max_new_tokens=6, stop_ids=STOP, temperature=0.7)
-        return sampler.generate_groups(tiny_gpt, prompts, 4, torch.Generator().manual_seed(seed))
+        return sampler.generate_groups(decoder, prompts, 4, torch.Generator().manual_seed(seed))
 
     a, b, c = run(KVCacheSampler, 1), run(KVCacheSampler, 1), run(NoCacheSampler, 1)
     assert [g.thoughts for g in a] == [g.thoughts for g in b]

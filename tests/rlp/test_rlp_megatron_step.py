@@ -367,3 +367,30 @@ def test_scored_positions_can_be_read_from_a_packed_layout(tiny_gpt):
         tiny_gpt, tiny_gpt, processor, batch["input_ids_NL"][perm], batch["position_ids_NL"][perm], causal_mask(L)
     )
     torch.testing.assert_close(packed, rlp_forward(batch, tiny_gpt, cfg), rtol=1e-5, atol=1e-6)
+
+
+def _prefixes(batch, G: int) -> list[list[int]]:
+    """Each group's ``P x_<t <think>`` (its first row up to the first ``<think>``): the position it scores."""
+    rows = batch["input_ids_NL"][::G].tolist()
+    return [row[: row.index(LAYOUT.think_open_ids[0]) + 1] for row in rows]
+
+
+def test_positions_beyond_the_microbatch_cap_move_to_the_next_microbatch_and_are_dropped_after_the_last(tiny_gpt):
+    """``rlp.max_positions_per_microbatch=2`` over a step of two micro-batches that draw 3 positions each: the first
+    trains 2 and carries its third to the second, which trains that one first, then 1 of its own, and drops 2."""
+    G = 4
+    free = RLPPreparer(_cfg(), LAYOUT, EOD, ema=ParamEMA(0.9))
+    drawn = [_prefixes(free.prepare(_tokens(), tiny_gpt, step=0, microbatch=m), G) for m in (0, 1)]
+    assert [len(d) for d in drawn] == [3, 3]
+
+    capped = RLPPreparer(_cfg(max_positions_per_microbatch=2), LAYOUT, EOD, ema=ParamEMA(0.9))
+    first = capped.prepare(_tokens(), tiny_gpt, step=0, microbatch=0, last_microbatch=False)
+    assert _prefixes(first, G) == drawn[0][:2]
+    assert (capped.stats.carried_positions, capped.stats.dropped_positions) == (1, 0)
+    second = capped.prepare(_tokens(), tiny_gpt, step=0, microbatch=1, last_microbatch=True)
+    assert _prefixes(second, G) == [drawn[0][2], drawn[1][0]]
+    assert (capped.stats.carried_positions, capped.stats.dropped_positions) == (1, 2)
+    assert int(first["num_groups"]) == int(second["num_groups"]) == 2
+    # A new step starts without leftovers: the cap applies to its own positions only.
+    third = capped.prepare(_tokens(), tiny_gpt, step=1, microbatch=0, last_microbatch=True)
+    assert int(third["num_groups"]) == 2 and capped.stats.dropped_positions == 3

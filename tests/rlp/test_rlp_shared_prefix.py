@@ -123,21 +123,10 @@ def test_grouped_forward_equals_per_row_with_exclude_and_next_token_rows(tiny_gp
 
 
 def _rope_gpt():
-    from megatron.core.models.gpt import GPTModel
-    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+    from nemo_smartpt.testing.megatron import TinyGPTSpec, build_tiny_gpt
 
-    from nemo_smartpt.testing.megatron import TinyGPTSpec, transformer_config
-
-    spec = TinyGPTSpec(num_layers=2, hidden_size=32, num_attention_heads=4)
-    config = transformer_config(spec, num_query_groups=2)  # grouped-query attention
-    model = GPTModel(
-        config=config,
-        transformer_layer_spec=get_gpt_layer_local_spec(),
-        vocab_size=128,
-        max_sequence_length=64,
-        position_embedding_type="rope",
-    )
-    return model.double()
+    # RoPE and grouped-query attention (2 KV heads for 4 query heads), with the rest of the Llama shape.
+    return build_tiny_gpt(TinyGPTSpec(num_layers=2, hidden_size=32, seq_length=64, family="llama")).double()
 
 
 def test_grouped_forward_equals_per_row_float64_rope_gqa(single_process_group):

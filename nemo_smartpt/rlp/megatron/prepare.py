@@ -40,6 +40,7 @@ from nemo_smartpt.rlp.prompt import (
     ThoughtLayout,
     build_baseline_sequence,
     build_scoring_group,
+    flat_scoring_batch,
     rollout_prompt_ids,
     stack_groups,
 )
@@ -272,20 +273,7 @@ class RLPPreparer:
                 n = int(sg.thought_len_G[i])
                 rollout_logp_BGL[b, i, start : start + n] = torch.tensor(lps[:n])
 
-        batch = {
-            "input_ids_NL": stacked["input_ids_BGL"].reshape(B * G, L),
-            "labels_NL": stacked["labels_BGL"].reshape(B * G, L),
-            "thought_mask_NL": stacked["thought_mask_BGL"].reshape(B * G, L),
-            "rollout_logp_NL": rollout_logp_BGL.reshape(B * G, L),
-            "predict_index_N": stacked["predict_index_BG"].reshape(B * G),
-            "valid_N": stacked["valid_BG"].reshape(B * G),
-            "truncated_N": stacked["truncated_BG"].reshape(B * G),
-            "thought_len_N": stacked["thought_len_BG"].reshape(B * G),
-            "s_ema_B": torch.zeros(B) if baseline_B is None else baseline_B.float().cpu(),
-            "has_s_ema": torch.tensor(baseline_B is not None),
-            "num_groups": torch.tensor(B),
-        }
-        batch["ntp_loss_mask_NL"] = torch.zeros(B * G, L)
+        batch = flat_scoring_batch(stacked, rollout_logp_BGL, baseline_B)
         if cfg.ntp_loss_weight > 0:
             if ntp_labels_bS is None:
                 raise ValueError("ntp_loss_weight > 0 needs the documents' labels (ntp_labels_bS)")

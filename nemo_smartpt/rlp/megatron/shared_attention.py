@@ -101,6 +101,8 @@ def check_grouped_support(model) -> None:
         layers = list(getattr(decoder, "layers", []))
         core = _core_attention_types()
         for i, layer in enumerate(layers):
+            if _position_wise(layer):
+                continue  # an MLP/MoE layer of a hybrid stack: per token, the grouped layout changes nothing for it
             attn = getattr(getattr(layer, "self_attention", None), "core_attention", None)
             if not isinstance(attn, core):
                 name = type(getattr(layer, "mixer", None) or getattr(layer, "self_attention", layer)).__name__
@@ -112,6 +114,13 @@ def check_grouped_support(model) -> None:
                 raise SharedPrefixUnsupportedError(
                     "Transformer Engine attention needs flash-attn for the grouped path"
                 )
+
+
+def _position_wise(layer) -> bool:
+    """A layer without token mixing: no self-attention module (megatron's IdentityOp) and no Mamba mixer."""
+    from megatron.core.transformer.identity_op import IdentityOp
+
+    return isinstance(getattr(layer, "self_attention", None), IdentityOp) and getattr(layer, "mixer", None) is None
 
 
 def install_grouped_attention(gpt) -> None:
