@@ -128,7 +128,7 @@ def _callback_classes():
         def on_train_start(self, context):
             from megatron.core import parallel_state
 
-            from nemo_smartpt.rlp.megatron.callbacks import _is_metrics_writer
+            from nemo_smartpt.rlp.megatron.step_metrics import is_metrics_writer
 
             # pretrain() tears the parallel state down on exit: read this rank's coordinates while it exists.
             self.layout = {
@@ -136,7 +136,7 @@ def _callback_classes():
                 "dp_rank": parallel_state.get_data_parallel_rank(),
                 "dp_size": parallel_state.get_data_parallel_world_size(),
                 "is_last": parallel_state.is_pipeline_last_stage(),
-                "writer": _is_metrics_writer(),
+                "writer": is_metrics_writer(),
             }
 
         def on_train_step_end(self, context):

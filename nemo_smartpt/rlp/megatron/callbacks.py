@@ -40,8 +40,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
-import os
 import time
 import warnings
 from pathlib import Path
@@ -50,7 +48,7 @@ import torch
 
 from nemo_smartpt.rlp.config import RLPConfig
 from nemo_smartpt.rlp.ema import EMAStateError, ParamEMA
-from nemo_smartpt.rlp.flops import ModelFlopsSpec, ntp_flops_per_token, paper_ntp_equivalent_tokens, rlp_step_flops
+from nemo_smartpt.rlp.flops import ModelFlopsSpec
 from nemo_smartpt.rlp.megatron.ema_checkpoint import (
     ema_checkpoint_dir,
     has_ema_checkpoint,
@@ -63,6 +61,7 @@ from nemo_smartpt.rlp.megatron.pipeline import PipelineFeed
 from nemo_smartpt.rlp.megatron.prepare import PrepStats, RLPPreparer, resolve_generation_engine
 from nemo_smartpt.rlp.megatron.rollout import RolloutCounters, dropout_off
 from nemo_smartpt.rlp.megatron.step import RLPForwardStep
+from nemo_smartpt.rlp.megatron.step_metrics import emit_step_metrics, is_metrics_writer, step_metrics
 from nemo_smartpt.rlp.prompt import ThoughtLayout
 
 PHASE_FILE = "rlp_phase.json"
@@ -161,61 +160,6 @@ def refuse_unsupported(cfg) -> None:
         )
 
 
-def step_metrics(run: RLPRun, loss_dict: dict, stats: PrepStats, counters: RolloutCounters, step_s: float) -> dict:
-    """One step's metrics: the reduced loss-side pairs, derived stds, throughput and FLOPs (this DP rank's work)."""
-    out = {k: float(v) for k, v in loss_dict.items() if k.startswith("rlp ")}
-    if "rlp reward sq mean" in out and "rlp reward mean" in out:
-        out["rlp reward std"] = math.sqrt(max(out.pop("rlp reward sq mean") - out["rlp reward mean"] ** 2, 0.0))
-    if "rlp advantage var" in out:
-        out["rlp advantage std"] = math.sqrt(max(out.pop("rlp advantage var"), 0.0))
-    train_s = max(step_s - stats.generation_s - stats.baseline_s, 1e-9)
-    out.update(
-        {
-            "rlp positions": stats.positions,
-            "rlp skipped documents": stats.skipped_documents,
-            "rlp carried positions": stats.carried_positions,
-            "rlp dropped positions": stats.dropped_positions,
-            "rlp prefills": counters.prefills,
-            "rlp prefill tokens": counters.prefill_tokens,
-            "rlp prefix cached tokens": counters.prefix_cached_tokens,
-            "rlp generation s": stats.generation_s,
-            "rlp baseline s": stats.baseline_s,
-            "rlp step s": step_s,
-            "rlp generation tokens/s": stats.generated_tokens / max(stats.generation_s, 1e-9),
-            "rlp training tokens/s": stats.scoring_tokens / train_s,
-        }
-    )
-    if run.flops_spec is not None and stats.positions:
-        B, G = stats.positions, run.cfg.num_rollouts
-        prefix = stats.rollout_prompt_tokens / B
-        thought = stats.generated_tokens / (B * G)
-        flops = rlp_step_flops(
-            run.flops_spec,
-            num_positions=B,
-            num_rollouts=G,
-            rollout_prefix_tokens=prefix,
-            thought_tokens=thought,
-            baseline_tokens=stats.baseline_tokens / B if stats.baseline_forwards else 0.0,
-            baseline_fraction=1.0 if stats.baseline_forwards else 0.0,
-            shared_prefix_training=run.cfg.shared_prefix_forward,
-        )
-        ntp_per_token = ntp_flops_per_token(run.flops_spec, run.seq_length or int(prefix + thought))
-        # stats.ntp_tokens > 0 only under the mixed objective: its forward+backward cost is charged at the NTP rate.
-        total = flops.total + stats.ntp_tokens * ntp_per_token
-        out.update(
-            {
-                "rlp flops generation": flops.generation,
-                "rlp flops training": flops.training,
-                "rlp flops baseline": flops.baseline,
-                "rlp flops total": total,
-                "rlp ntp-equivalent tokens (ours)": total / ntp_per_token,
-                "rlp ntp-equivalent tokens (paper)": paper_ntp_equivalent_tokens(G, prefix + thought, B, 1, 0.0)
-                + stats.input_tokens,
-            }
-        )
-    return out
-
-
 def _make_callback_class():
     from megatron.bridge.training.callbacks import Callback
 
@@ -235,7 +179,7 @@ def _make_callback_class():
             model_cfg = state.cfg.model
             refuse_unsupported(state.cfg)
             engine = resolve_generation_engine(run.cfg.generation_engine)  # every rank: fails early, not mid-step
-            if _is_metrics_writer():
+            if is_metrics_writer():
                 print(f"[rlp] generation engine: {engine} (rlp.generation_engine={run.cfg.generation_engine})")
             if run.cfg.shared_prefix_forward:  # one line before step 1 where the grouped layout cannot run
                 from nemo_smartpt.rlp.megatron.shared_attention import check_grouped_support
@@ -309,7 +253,7 @@ def _make_callback_class():
             step = int(context.state.train_state.step) + 1
             metrics["step"] = step
             run.last_metrics = metrics
-            _emit(run, context.state, metrics, step)
+            emit_step_metrics(run, context.state, metrics, step)
             from nemo_smartpt.bridge.metrics import take_logged_keys
 
             take_logged_keys(context.loss_dict)  # logged above; Bridge's training_log would repeat them, spaced
@@ -416,33 +360,6 @@ def _pipeline_feed(run: RLPRun, state, model) -> PipelineFeed:
             "dataset.dataloader_type must be 'single'"
         )
     return PipelineFeed(run.preparer, run.train_dataset, cfg.model.seq_length, with_ntp=run.cfg.ntp_loss_weight > 0)
-
-
-def _is_metrics_writer() -> bool:
-    """The rank that logs: pipeline-last, TP-0, DP-0 (it holds the reduced loss metrics; global rank 0 at PP = 1)."""
-    from megatron.core import parallel_state
-
-    if not parallel_state.model_parallel_is_initialized():
-        return _rank() == 0
-    return (
-        parallel_state.is_pipeline_last_stage()
-        and parallel_state.get_tensor_model_parallel_rank() == 0
-        and parallel_state.get_data_parallel_rank() == 0
-    )
-
-
-def _emit(run: RLPRun, state, metrics: dict, step: int) -> None:
-    if _is_metrics_writer():
-        shown = ("rlp loss", "rlp reward mean", "rlp s_pred mean", "rlp thought length", "rlp truncation rate")
-        print(f"[rlp] step {step} " + " ".join(f"{k[4:]}={metrics[k]:.4g}" for k in shown if k in metrics), flush=True)
-        if run.run_dir:
-            os.makedirs(run.run_dir, exist_ok=True)
-            with open(os.path.join(run.run_dir, "metrics.jsonl"), "a") as f:
-                f.write(json.dumps(metrics) + "\n")
-    from nemo_smartpt.bridge.metrics import log_scalars, metric_tag
-
-    # Once, under rlp/..., to every logger Bridge set up (TensorBoard, W&B, MLflow, Comet).
-    log_scalars(state, {metric_tag(k): v for k, v in metrics.items() if k != "step"}, step)
 
 
 def build_rlp_training(
