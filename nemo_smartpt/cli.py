@@ -40,6 +40,11 @@ COMMANDS: dict[str, Command] = {
         "compose a Megatron-Bridge recipe + preset + overrides and run pretrain()",
         6,
     ),
+    "eval": Command(
+        "nemo_smartpt.evaluation.eval_cli",
+        "score a run's checkpoint with lm-evaluation-harness (smartpt model adapter; lm-eval results JSON)",
+        10,
+    ),
     "demo": Command(
         "nemo_smartpt.demo",
         "CPU quickstart: bundled data -> prepare -> plan -> two-phase run with reasoning -> RLP -> report",

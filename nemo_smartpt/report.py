@@ -1,7 +1,7 @@
 """A run report a person can read: Markdown with PNG plots, from what a ``smartpt train`` run directory holds.
 
 Inputs (all written by the run): ``plan/plan.json`` and ``plan/plan.png`` (the blend per phase), ``metrics.jsonl``
-(per-step losses by source and phase, RLP metrics), ``eval.json`` (held-out accuracy). Outputs: ``report.md`` and
+(per-step losses by source and phase, RLP metrics), ``eval.json`` (lm-eval results). Outputs: ``report.md`` and
 ``loss_by_source.png``, ``loss_by_phase.png``, ``rlp.png`` beside it. Matplotlib with the Agg backend only.
 """
 
@@ -29,7 +29,9 @@ def _series(records: list[dict], prefix: str) -> dict[str, tuple[list[int], list
     return out
 
 
-def _plot(series: dict, title: str, ylabel: str, path: Path, switch_step: int | None = None) -> bool:
+def _plot(
+    series: dict, title: str, ylabel: str, path: Path, switch_step: int | None = None, hline: tuple | None = None
+) -> bool:
     if not series:
         return False
     import matplotlib
@@ -42,6 +44,9 @@ def _plot(series: dict, title: str, ylabel: str, path: Path, switch_step: int | 
         ax.plot(steps, values, marker=".", label=name)
     if switch_step is not None:
         ax.axvline(switch_step, color="grey", linestyle="--", label="phase switch")
+    if hline is not None:
+        ax.axhline(hline[0], color="red", linestyle=":", label=hline[1])
+        ax.set_ylim(0, hline[0] * 1.15)
     ax.set_title(title)
     ax.set_xlabel("step")
     ax.set_ylabel(ylabel)
@@ -50,6 +55,36 @@ def _plot(series: dict, title: str, ylabel: str, path: Path, switch_step: int | 
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
+
+
+def _thought_cap(run: Path) -> int | None:
+    """``rlp.max_thought_tokens`` of the run (its ``smartpt_config.json``)."""
+    config = run / "smartpt_config.json"
+    if not config.exists():
+        return None
+    return json.loads(config.read_text()).get("rlp", {}).get("max_thought_tokens")
+
+
+def evaluation_section(results: dict) -> list[str]:
+    """lm-eval's results as a table (value ± standard error, items) and the first generations of each task."""
+    lines = ["## Held-out evaluation (lm-evaluation-harness, `smartpt` adapter)", ""]
+    lines += ["| task | metric | value | ± stderr | items |", "|---|---|---|---|---|"]
+    counts = results.get("n-samples", {})
+    for task, metrics in results.get("results", {}).items():
+        for key, value in metrics.items():
+            if "," not in key or "_stderr" in key or not isinstance(value, (int, float)):  # "metric,filter" only
+                continue
+            stderr = metrics.get(key.replace(",", "_stderr,", 1))
+            err = f"{stderr:.3f}" if isinstance(stderr, (int, float)) else "n/a"
+            n = counts.get(task, {}).get("effective", "")
+            lines.append(f"| {task} | {key.replace(',none', '')} | {value:.3f} | {err} | {n} |")
+    lines.append("")
+    for task, examples in results.get("examples", {}).items():
+        lines += [f"First generations of `{task}` (greedy):", ""]
+        for example in examples:
+            shown = (example["prompt"] + example["response"]).strip()
+            lines += ["```", shown, "```", f"extracted `{example['answer']}`, target `{example['target']}`", ""]
+    return lines
 
 
 def _first_step_of_phase(records: list[dict]) -> int | None:
@@ -100,7 +135,14 @@ def write_report(run_dir: str | Path, title: str, about_data: str, extra_section
         rlp = _series(records, "rlp_")
         if "reward_mean" in rlp:
             _plot({"reward mean": rlp["reward_mean"]}, "RLP reward (information gain)", "nats", run / "rlp_reward.png")
-            _plot({"thought length": rlp["thought_length"]}, "RLP thought length", "tokens", run / "rlp_thought.png")
+            cap = _thought_cap(run)
+            _plot(
+                {"thought length": rlp["thought_length"]},
+                "RLP thought length",
+                "tokens",
+                run / "rlp_thought.png",
+                hline=(cap, f"truncation cap ({cap})") if cap else None,
+            )
             rlp_rows = [r for r in records if "rlp_reward_mean" in r]
             lines += ["## RLP", "", "![rlp reward](rlp_reward.png) ![rlp thought length](rlp_thought.png)", ""]
             lines += [
@@ -116,12 +158,7 @@ def write_report(run_dir: str | Path, title: str, about_data: str, extra_section
             lines.append("")
     eval_path = run / "eval.json"
     if eval_path.exists():
-        results = json.loads(eval_path.read_text())
-        lines += ["## Held-out evaluation", "", "| task | acc | acc_norm | n |", "|---|---|---|---|"]
-        for name, r in results.items():
-            if isinstance(r, dict):
-                lines.append(f"| {name} | {r['acc']:.3f} | {r['acc_norm']:.3f} | {r['n']} |")
-        lines += ["", "Chance level is 0.25 (four choices).", ""]
+        lines += evaluation_section(json.loads(eval_path.read_text()))
     for section in extra_sections or []:
         lines += [section, ""]
     path = run / "report.md"

@@ -1,15 +1,15 @@
-"""The four-learner study on CPU: Pascal vs Volta vs Ampere vs Hopper, same budget and data, several seeds.
+"""The four-learner study on the world: Pascal, Volta, Ampere, Hopper, BASE-RO and Hopper's token-matched baseline.
 
-    python examples/studies/four_learners.py                       # the committed run (see results/)
-    python examples/studies/four_learners.py --seeds 1 2 --iters 100 --out runs/study_quick
+    python examples/studies/four_learners.py                 # the full study (3 seeds x 6 arms; see README.md)
+    python examples/studies/four_learners.py --quick         # one seed, short runs: a smoke test of the study
+    python examples/studies/four_learners.py --summarise-only   # rewrite table.md/plot.png from summary.json
 
-Each (arm, seed) is one ``smartpt train +experiment=ARM seed=S`` on the bundled corpus at identical sizes (the same
-number of optimizer steps, global batch and sequence length, so the same tokens); Hopper spends its last
-``schedule.rlp_steps`` steps on RLP. Every run ends with the held-out multiple-choice evaluation (knowledge: facts of
-the synthetic world; reasoning: unseen three-step word problems). The script writes ``results.json`` (every run),
-``table.md`` (mean ± sample std over seeds) and ``plot.png`` into ``--results``.
-
-To run the papers' comparison on your own data, point every arm at your catalog: ``--extra data.catalog=PATH``.
+Each (arm, seed) is one ``smartpt train`` on the world (``nemo_smartpt.world``, built once under ``--world-dir``)
+with its own tokenizer, at identical sizes (steps x global batch x sequence length: the same tokens). Every run ends
+with lm-evaluation-harness on the world's held-out tasks through the ``smartpt`` adapter (``eval.json``):
+``world_knowledge`` (acc over all values of an attribute) and ``world_reasoning`` (greedy thought + answer, exact
+match). Intervals are 95% two-stage bootstrap intervals over seeds and items (resample seeds, then items within each
+seed); comparisons are paired (same seeds, same items).
 """
 
 from __future__ import annotations
@@ -17,94 +17,182 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
+import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-ARMS = ("pascal", "volta", "ampere", "hopper")
 HERE = Path(__file__).resolve().parent
+# A world thought is ~20 tokens; a scoring row (context + <think> + thought + </think>) fits 128 positions: 88 + 32 + 2.
+# rlp.lr: the paper's 1e-6 suits a pretrained 1.7B model; a million-parameter model trained at 3e-3 moves nowhere at
+# 1e-6 in a few dozen steps, so the RLP steps use 1e-3 (fixed before any run, the same in every seed).
+RLP = ["rlp.num_rollouts=4", "rlp.max_thought_tokens=32", "rlp.max_context=88", "rlp.min_context=8", "rlp.lr=1e-3"]
+ARMS = {
+    "pascal": ["+experiment=pascal"],
+    "random_order": ["+experiment=volta", "data.arm=random_order"],
+    "volta": ["+experiment=volta"],
+    "ampere": ["+experiment=ampere"],
+    "hopper": ["+experiment=hopper", *RLP],
+    "hopper_token_matched": ["+experiment=hopper", *RLP, "schedule.rlp_baseline=token_matched"],
+}
+METRICS = {"knowledge": ("world_knowledge", "acc"), "reasoning": ("world_reasoning", "exact_match")}
+COMPARISONS = [  # (metric, arm, baseline): stated in README.md before any run
+    ("knowledge", "volta", "pascal"),
+    ("knowledge", "volta", "random_order"),
+    ("reasoning", "ampere", "volta"),
+    ("reasoning", "hopper", "hopper_token_matched"),
+]
 
 
-def run_one(arm: str, seed: int, args) -> dict:
+def run_one(arm: str, seed: int, args, catalog: Path) -> dict:
     out = Path(args.out) / f"{arm}-seed{seed}"
     cmd = [
-        sys.executable,
-        "-m",
-        "nemo_smartpt",
-        "train",
-        f"+experiment={arm}",
-        f"seed={seed}",
-        f"out_dir={out}",
-        f"data.bundled_dir={args.bundled_dir}",
-        f"train.train_iters={args.iters}",
-        f"model.seq_length={args.seq_length}",
-        f"train.global_batch_size={args.global_batch_size}",
-        f"train.micro_batch_size={args.micro_batch_size}",
-        f"model.hidden_size={args.hidden_size}",
-        f"model.ffn_hidden_size={4 * args.hidden_size}",
-        f"model.num_layers={args.num_layers}",
-        *([f"schedule.rlp_steps={args.rlp_steps}"] if arm == "hopper" else []),
+        sys.executable, "-m", "nemo_smartpt", "train", *ARMS[arm],
+        f"seed={seed}", f"out_dir={out}",
+        f"data.catalog={catalog}", f"data.tokenizer={catalog.parent / 'tokenizer'}",
+        f"train.train_iters={args.iters}", f"model.seq_length={args.seq_length}",
+        f"train.global_batch_size={args.global_batch_size}", f"train.micro_batch_size={args.micro_batch_size}",
+        f"model.hidden_size={args.hidden_size}", f"model.ffn_hidden_size={4 * args.hidden_size}",
+        f"model.num_layers={args.num_layers}", f"optimizer.lr={args.lr}", f"optimizer.min_lr={args.lr}",
+        *([f"schedule.rlp_steps={args.rlp_steps}"] if arm.startswith("hopper") else []),
         *args.extra,
-    ]
+    ]  # fmt: skip
+    # The run directory is the study's scratch: a previous study's run there (other settings) would be refused by
+    # the run-directory guard, and a finished one would be resumed instead of retrained.
+    shutil.rmtree(out, ignore_errors=True)
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    if args.jobs > 1:
+        env["OMP_NUM_THREADS"] = "1"  # runs side by side: one core each, not oversubscribed
     started = time.time()
-    result = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONWARNINGS="ignore"))
-    seconds = time.time() - started
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if result.returncode != 0:
         sys.stderr.write(result.stderr[-4000:])
         raise SystemExit(f"{arm} seed {seed} failed (exit {result.returncode}); command: {' '.join(cmd)}")
     evaluation = json.loads((out / "eval.json").read_text())
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    ntp = [r["lm_loss"] for r in records if "lm_loss" in r]
-    return {
-        "arm": arm,
-        "seed": seed,
-        "seconds": round(seconds, 1),
-        "knowledge_acc": evaluation["knowledge"]["acc"],
-        "reasoning_acc": evaluation["reasoning"]["acc"],
-        "final_ntp_loss": sum(ntp[-5:]) / len(ntp[-5:]),
-        "rlp_reward_mean": next((r["rlp_reward_mean"] for r in reversed(records) if "rlp_reward_mean" in r), None),
-    }
+    row = {"arm": arm, "seed": seed, "seconds": round(time.time() - started, 1), "command": " ".join(cmd)}
+    for metric, (task, key) in METRICS.items():
+        row[metric] = evaluation["per_item"][task][key]  # per held-out item, in document order
+    rlp = [r for r in records if "rlp_reward_mean" in r]
+    if rlp:
+        quarter = max(len(rlp) // 4, 1)
+        row["rlp_reward"] = [r["rlp_reward_mean"] for r in rlp]
+        row["rlp_reward_first_quarter"] = statistics.mean(row["rlp_reward"][:quarter])
+        row["rlp_reward_last_quarter"] = statistics.mean(row["rlp_reward"][-quarter:])
+        row["truncation_rate"] = statistics.mean(r["rlp_truncation_rate"] for r in rlp)
+    return row
 
 
-def summarise(runs: list[dict]) -> str:
-    def cell(values: list[float]) -> str:
-        spread = statistics.stdev(values) if len(values) > 1 else 0.0
-        return f"{statistics.mean(values):.3f} ± {spread:.3f}"
+def bootstrap(runs_by_arm: dict[str, list[dict]], metric: str, arms: list[str], draws: int = 2000, seed: int = 0):
+    """Two-stage bootstrap of the mean of ``arms[0]`` (minus ``arms[1]`` if given): resample seeds, then items.
 
-    lines = [
-        "| learner | knowledge acc | reasoning acc | final next-token loss | runs |",
-        "|---|---|---|---|---|",
+    The same resampled seeds and items serve every arm of a comparison (paired: the arms share seeds and items)."""
+    rng = random.Random(seed)
+    # A comparison is paired: only the seeds every arm in it finished (all of them, unless a study was cut).
+    seeds = sorted(set.intersection(*({r["seed"] for r in runs_by_arm[a]} for a in arms)))
+    scores = {a: {r["seed"]: r[metric] for r in runs_by_arm[a]} for a in arms}
+    items = len(scores[arms[0]][seeds[0]])
+    estimates = []
+    for _ in range(draws):
+        picked = [rng.choice(seeds) for _ in seeds]
+        index = [[rng.randrange(items) for _ in range(items)] for _ in picked]
+        means = [statistics.fmean(scores[a][s][i] for s, idx in zip(picked, index) for i in idx) for a in arms]
+        estimates.append(means[0] - (means[1] if len(means) > 1 else 0.0))
+    estimates.sort()
+    low, high = estimates[int(0.025 * draws)], estimates[int(0.975 * draws) - 1]
+    point = statistics.fmean(statistics.fmean(scores[arms[0]][s]) for s in seeds)
+    if len(arms) > 1:
+        point -= statistics.fmean(statistics.fmean(scores[arms[1]][s]) for s in seeds)
+    return {"mean": point, "ci95": (high - low) / 2, "low": low, "high": high, "n": len(seeds), "items": items}
+
+
+def summarise(runs: list[dict], command: str, wall: float, settings: dict) -> dict:
+    by_arm: dict[str, list[dict]] = {}
+    for r in runs:
+        by_arm.setdefault(r["arm"], []).append(r)
+    summary = {"command": command, "wall_seconds": round(wall, 1), "settings": settings, "arms": {}, "comparisons": []}
+    for arm in (a for a in ARMS if a in by_arm):
+        summary["arms"][arm] = {metric: bootstrap(by_arm, metric, [arm]) for metric in METRICS}
+    for metric, arm, base in COMPARISONS:
+        if arm in by_arm and base in by_arm:
+            diff = bootstrap(by_arm, metric, [arm, base])
+            summary["comparisons"].append({"metric": metric, "arm": arm, "baseline": base, **diff})
+    summary["hopper_seeds"] = [
+        {k: r[k] for k in ("seed", "rlp_reward_first_quarter", "rlp_reward_last_quarter", "truncation_rate")}
+        for r in by_arm.get("hopper", [])
     ]
-    for arm in ARMS:
-        rows = [r for r in runs if r["arm"] == arm]
-        if rows:
-            lines.append(
-                f"| {arm} | {cell([r['knowledge_acc'] for r in rows])} | {cell([r['reasoning_acc'] for r in rows])} "
-                f"| {cell([r['final_ntp_loss'] for r in rows])} | {len(rows)} |"
-            )
-    return "\n".join(lines)
+    return summary
 
 
-def plot(runs: list[dict], path: Path) -> None:
+def write_outputs(summary: dict, runs: list[dict], results: Path) -> None:
+    results.mkdir(parents=True, exist_ok=True)
+    (results / "summary.json").write_text(json.dumps(summary, indent=2))
+    (results / "runs.json").write_text(json.dumps(runs))
+    lines = [
+        "# The four-learner study on the world",
+        "",
+        f"Command: `{summary['command']}`  ",
+        f"Wall time: {summary['wall_seconds'] / 60:.1f} min; settings {json.dumps(summary['settings'])}.",
+        *(
+            [
+                f"**Incomplete**: {summary['runs_finished']} of {summary['runs_planned']} runs finished (study cut); "
+                "each arm is summarised over the seeds it finished, each comparison over the seeds both arms finished."
+            ]
+            if summary.get("complete") is False
+            else []
+        ),
+        "",
+        "| arm | knowledge acc | reasoning exact match | seeds |",
+        "|---|---|---|---|",
+    ]
+    for arm, m in summary["arms"].items():
+        cells = [f"{m[k]['mean']:.3f} ± {m[k]['ci95']:.3f}" for k in METRICS]
+        lines.append(f"| {arm} | {' | '.join(cells)} | {m['knowledge']['n']} |")
+    lines += ["", "| comparison | metric | difference (95% CI) |", "|---|---|---|"]
+    for c in summary["comparisons"]:
+        lines.append(
+            f"| {c['arm']} - {c['baseline']} | {c['metric']} | {c['mean']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}] |"
+        )
+    lines += ["", "| hopper seed | RLP reward, first quarter | last quarter | truncation rate |", "|---|---|---|---|"]
+    for h in summary["hopper_seeds"]:
+        lines.append(
+            f"| {h['seed']} | {h['rlp_reward_first_quarter']:.4f} | {h['rlp_reward_last_quarter']:.4f} "
+            f"| {h['truncation_rate']:.2f} |"
+        )
+    lines += ["", "± is the half-width of a 95% two-stage bootstrap interval over seeds and held-out items."]
+    (results / "table.md").write_text("\n".join(lines) + "\n")
+    plot(summary, results / "plot.png", runs)
+    print("\n".join(lines))
+
+
+def plot(summary: dict, path: Path, runs: list[dict] | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
-    for ax, key, title in zip(axes, ("knowledge_acc", "reasoning_acc"), ("knowledge", "multi-step reasoning")):
-        means, spreads = [], []
-        for arm in ARMS:
-            values = [r[key] for r in runs if r["arm"] == arm]
-            means.append(statistics.mean(values))
-            spreads.append(statistics.stdev(values) if len(values) > 1 else 0.0)
-        ax.bar(ARMS, means, yerr=spreads, capsize=4, color=["#999", "#5b8", "#48c", "#c64"])
-        ax.axhline(0.25, color="black", linestyle=":", linewidth=1, label="chance")
-        ax.set_title(f"held-out {title} (4-way)")
+    arms = list(summary["arms"])
+    hopper = [r for r in runs or [] if r["arm"] == "hopper" and r.get("rlp_reward")]
+    fig, axes = plt.subplots(1, 3 if hopper else 2, figsize=(16 if hopper else 11, 3.8))
+    for ax, metric in zip(axes, METRICS):
+        means = [summary["arms"][a][metric]["mean"] for a in arms]
+        errors = [summary["arms"][a][metric]["ci95"] for a in arms]
+        ax.bar(arms, means, yerr=errors, capsize=4)
+        ax.set_title(f"held-out {metric} (95% CI over seeds and items)")
         ax.set_ylim(0, 1)
-        ax.legend()
+        ax.tick_params(axis="x", rotation=30)
+    if hopper:
+        for r in hopper:
+            axes[2].plot(range(1, len(r["rlp_reward"]) + 1), r["rlp_reward"], label=f"seed {r['seed']}", alpha=0.8)
+        axes[2].axhline(0.0, color="grey", linewidth=0.8)
+        axes[2].set_title("hopper: RLP reward (mean information gain) per step")
+        axes[2].set_xlabel("RLP step")
+        axes[2].legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -113,55 +201,102 @@ def plot(runs: list[dict], path: Path) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    parser.add_argument("--iters", type=int, default=300)
+    parser.add_argument("--iters", type=int, default=200)
     parser.add_argument("--seq-length", type=int, default=128)
     parser.add_argument("--global-batch-size", type=int, default=16)
     parser.add_argument("--micro-batch-size", type=int, default=8)
     parser.add_argument("--hidden-size", type=int, default=128)
     parser.add_argument("--num-layers", type=int, default=4)
     parser.add_argument("--rlp-steps", type=int, default=20, help="Hopper's RLP steps (the last of --iters)")
+    parser.add_argument("--lr", type=float, default=1e-3, help="constant learning rate of every next-token step")
+    parser.add_argument("--jobs", type=int, default=2, help="runs side by side (each with OMP_NUM_THREADS=1)")
+    parser.add_argument("--quick", action="store_true", help="one seed, 60 steps (8 RLP): a smoke test")
     parser.add_argument("--out", default="runs/study")
-    parser.add_argument("--bundled-dir", default="runs/bundled")
+    parser.add_argument("--world-dir", default="runs/world")
     parser.add_argument("--results", default=str(HERE / "results"))
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     parser.add_argument("--extra", nargs="*", default=[], help="more overrides for every run")
+    parser.add_argument("--summarise-only", action="store_true", help="rewrite table.md and plot.png")
     parser.add_argument(
-        "--summarise-only", action="store_true", help="rewrite table.md and plot.png from results.json"
+        "--summarise-partial",
+        action="store_true",
+        help="summarise the runs a cut study finished (<out>/runs.partial.jsonl), marked as incomplete",
     )
     args = parser.parse_args()
+    if args.quick:
+        args.seeds, args.iters, args.rlp_steps = args.seeds[:1], 60, 8
 
     results = Path(args.results)
     if args.summarise_only:
-        saved = json.loads((results / "results.json").read_text())
-        write_summary(saved["runs"], saved["command"], saved["wall_seconds"], saved.get("args", {}), results)
+        summary = json.loads((results / "summary.json").read_text())
+        write_outputs(summary, json.loads((results / "runs.json").read_text()), results)
         return 0
-    started = time.time()
-    runs = []
-    for seed in args.seeds:
-        for arm in ARMS:
-            runs.append(run_one(arm, seed, args))
-            print(json.dumps(runs[-1]), flush=True)
-    wall = time.time() - started
-    results.mkdir(parents=True, exist_ok=True)
     command = "python examples/studies/four_learners.py " + " ".join(sys.argv[1:])
-    settings = {k: getattr(args, k) for k in ("seeds", "iters", "global_batch_size", "seq_length", "hidden_size")}
-    record = {"command": command, "wall_seconds": wall, "args": settings, "runs": runs}
-    (results / "results.json").write_text(json.dumps(record, indent=2))
-    write_summary(runs, command, wall, settings, results)
-    return 0
-
-
-def write_summary(runs: list[dict], command: str, wall: float, settings: dict, results: Path) -> None:
-    table = summarise(runs)
-    (results / "table.md").write_text(
-        f"# Four learners on the bundled corpus\n\nCommand: `{command.strip()}`  \n"
-        f"Wall time: {wall / 60:.1f} min on a 2-core CPU machine; settings {json.dumps(settings)}.\n\n{table}\n\n"
-        "Accuracy is 4-way multiple choice by log-likelihood (chance 0.25); ± is the sample standard deviation "
-        "over seeds. The next-token loss is each arm's own training loss over its last 5 steps: the arms train on "
-        "different mixtures (Pascal on far more noisy crawl), so it is not a quality comparison.\n"
+    keys = (
+        "seeds",
+        "iters",
+        "global_batch_size",
+        "seq_length",
+        "hidden_size",
+        "num_layers",
+        "rlp_steps",
+        "lr",
+        "jobs",
     )
-    plot(runs, results / "plot.png")
-    print(table)
-    print(f"wall time {wall / 60:.1f} min; results in {results}")
+    settings = {k: getattr(args, k) for k in keys}
+    started_file = Path(args.out) / "study_started.json"
+    if args.summarise_partial:
+        start = json.loads(started_file.read_text())
+        lines = (Path(args.out) / "runs.partial.jsonl").read_text().splitlines()
+        finished = sorted((json.loads(line) for line in lines), key=lambda r: (r["seed"], list(ARMS).index(r["arm"])))
+        # Every finished run counts; comparisons pair the seeds both arms finished (bootstrap()).
+        runs = finished
+        summary = summarise(runs, start["command"], time.time() - start["time"], start["settings"])
+        planned = len(start["settings"]["seeds"]) * len(ARMS)
+        summary.update(complete=False, runs_finished=len(finished), runs_summarised=len(runs), runs_planned=planned)
+        write_outputs(summary, runs, results)
+        return 0
+    from nemo_smartpt.world.build import ensure_world
+
+    started = time.time()
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    started_file.write_text(json.dumps({"time": started, "command": command, "settings": settings}))
+    catalog = ensure_world(args.world_dir)
+    jobs = [(arm, seed) for seed in args.seeds for arm in args.arms]
+
+    partial = Path(args.out) / "runs.partial.jsonl"  # every finished run, as it finishes (a cut study keeps them)
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    partial.write_text("")
+    lock = threading.Lock()
+
+    def one(job):
+        row = run_one(*job, args, catalog)
+        shown = {k: v for k, v in row.items() if k not in ("knowledge", "reasoning", "rlp_reward", "command")}
+        shown.update({m: round(statistics.fmean(row[m]), 3) for m in METRICS})
+        with lock:
+            print(json.dumps(shown), flush=True)
+            with partial.open("a") as handle:
+                handle.write(json.dumps(row) + "\n")
+        return row
+
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:  # each run is its own process; threads only wait
+        runs = list(pool.map(one, jobs))
+    wall = time.time() - started
+    command = "python examples/studies/four_learners.py " + " ".join(sys.argv[1:])
+    keys = (
+        "seeds",
+        "iters",
+        "global_batch_size",
+        "seq_length",
+        "hidden_size",
+        "num_layers",
+        "rlp_steps",
+        "lr",
+        "jobs",
+    )
+    summary = summarise(runs, command, wall, {k: getattr(args, k) for k in keys})
+    write_outputs(summary, runs, results)
+    return 0
 
 
 if __name__ == "__main__":

@@ -72,18 +72,21 @@ def build_objective(run):
         extra.append(lambda: rlp_run.last_metrics if rlp_run.last_fresh else {})
     metrics = MetricsCallback(str(run.out), breakdown, starts, extra, tokens_per_sample=run.seq_length)
     callbacks.append(metrics.build())  # last: it reads what the other callbacks computed for this step
-    tasks = eval_tasks(run)
+    tasks, include_path = eval_tasks(run)
     if run.cfg.eval.enabled and tasks:
-        callbacks.append(eval_callback(tasks, run.tokenizer, str(run.out), run.seq_length))
+        callbacks.append(eval_callback(tasks, include_path, run.tokenizer, str(run.out), run.cfg.eval.batch_size))
     return forward, callbacks
 
 
-def eval_tasks(run) -> dict[str, str]:
-    from pathlib import Path
+def eval_tasks(run) -> tuple[list[str], str | None]:
+    """(lm-eval task names, include path) for the end-of-training evaluation: ``eval.tasks``/``eval.include_path``
+    if given, else every task in the ``tasks/`` folder beside the catalog (the world and the bundled corpus write
+    one) except the ``*_dev`` ones, which are for design decisions, not for reports."""
+    from nemo_smartpt.evaluation.harness import catalog_task_dir, local_task_names
 
+    include = run.cfg.eval.include_path or catalog_task_dir(run.cfg.data.catalog, run.cfg.data.bundled_dir)
     if run.cfg.eval.tasks:
-        return {Path(p).stem: p for p in run.cfg.eval.tasks}
-    if run.cfg.data.catalog == "bundled":
-        raw = Path(run.cfg.data.bundled_dir) / "raw"
-        return {name: str(raw / f"eval_{name}.jsonl") for name in ("knowledge", "reasoning")}
-    return {}
+        return list(run.cfg.eval.tasks), include or None
+    if not include:
+        return [], None
+    return sorted(t for t in local_task_names(include) if not t.endswith("_dev")), include

@@ -59,9 +59,10 @@ def check_paths(cfg, bridge) -> None:
         raise OverrideError(f"data.plan: no such file {cfg.data.plan}")
     if cfg.data.catalog != "bundled" and not cfg.data.plan and not Path(cfg.data.catalog).exists():
         raise OverrideError(f"data.catalog: no such file {cfg.data.catalog}")
-    for task in cfg.eval.tasks if cfg.eval.enabled else []:
-        if not Path(task).exists():
-            raise OverrideError(f"eval.tasks: no such file {task}")
+    # eval.tasks are lm-eval task names (the world's, or any in lm-eval's registry), checked by lm-eval itself;
+    # a folder of task YAMLs given by path must exist.
+    if cfg.eval.enabled and cfg.eval.include_path and not Path(cfg.eval.include_path).is_dir():
+        raise OverrideError(f"eval.include_path: no such directory {cfg.eval.include_path}")
 
 
 # ------------------------------------------------------------------------------------------------ RLP rows

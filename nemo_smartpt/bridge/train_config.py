@@ -70,12 +70,17 @@ class ScheduleConfig:
 
 @dataclass
 class EvalConfig:
-    """Held-out multiple-choice evaluation at the end of training."""
+    """Held-out evaluation at the end of training, through lm-evaluation-harness (the ``smartpt`` adapter)."""
 
     tasks: list[str] = field(default_factory=list)
-    """jsonl files of ``{prompt, choices, answer}``; empty with the bundled catalog uses its knowledge/reasoning sets."""
+    """lm-eval task names; empty = every task in the catalog's ``tasks/`` folder except ``*_dev`` (the world's
+    ``world_knowledge`` and ``world_reasoning``)."""
+    include_path: str = ""
+    """Folder of lm-eval task YAMLs; empty = ``tasks/`` beside the catalog (or under ``data.bundled_dir``)."""
+    batch_size: int = 32
+    """Requests per forward pass of the evaluation."""
     enabled: bool = True
-    """Evaluate at the end of training (needs pipeline parallel size 1)."""
+    """Evaluate at the end of training (needs pipeline parallel size 1; else ``smartpt eval`` the checkpoint)."""
 
 
 @dataclass

@@ -14,6 +14,7 @@ from pathlib import Path
 import yaml
 
 from nemo_smartpt.bundled.corpus import CORPUS_VERSION, SOURCE_META, CorpusSpec, write_corpus
+from nemo_smartpt.world.build import TASKS_DIR, write_tasks
 
 # Epoch caps of the bundled sources: small, clean sources may repeat, noisy crawl may not (the paper's pattern).
 MAX_EPOCHS = {
@@ -41,6 +42,8 @@ def ensure_bundled_catalog(directory: str | Path, spec: CorpusSpec | None = None
     stamp = out / "spec.json"
     wanted = {"spec": asdict(spec), "version": CORPUS_VERSION}
     if catalog_path.exists() and stamp.exists() and json.loads(stamp.read_text()) == wanted:
+        if not (out / "tasks").is_dir():  # built before the corpus had lm-eval task files
+            write_tasks(out, TASKS_DIR / "bundled")
         return catalog_path
     raw = write_corpus(out / "raw", spec)
     sources = []
@@ -74,5 +77,6 @@ def ensure_bundled_catalog(directory: str | Path, spec: CorpusSpec | None = None
         "# nemo_smartpt/bundled/corpus.py), tokenized with the built-in byte tokenizer (vocab 258, EOD 256).\n"
     )
     catalog_path.write_text(header + yaml.safe_dump({"sources": sources}, sort_keys=False))
+    write_tasks(out, TASKS_DIR / "bundled")  # lm-eval tasks over raw/eval_*.jsonl (bundled_knowledge, ...)
     stamp.write_text(json.dumps(wanted))
     return catalog_path

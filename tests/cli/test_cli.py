@@ -59,7 +59,7 @@ def test_describe_lists_fields_defaults_and_docs():
 def test_help_lists_subcommands(capsys):
     assert cli.main(["--help"]) == 0
     out = capsys.readouterr().out
-    for name in ("prepare", "plan", "train", "demo"):
+    for name in ("prepare", "plan", "train", "eval", "demo"):
         assert f"  {name}" in out
 
 

@@ -106,3 +106,19 @@ def test_world_size_must_hold_whole_model_parallel_groups():
     preflight.check_world_size(_bridge(64, tp=2), world_size=4)
     with pytest.raises(OverrideError, match=r"needs 2 processes .* this launch has 1: launch with torchrun"):
         preflight.check_world_size(_bridge(64, tp=2), world_size=1)
+
+
+def test_eval_tasks_are_task_names_and_a_missing_include_path_is_named(tmp_path):
+
+    from nemo_smartpt.bridge.train_config import TrainConfig
+
+    cfg = TrainConfig()
+    cfg.data.catalog = "bundled"
+    cfg.eval.tasks = ["world_knowledge", "hellaswag"]  # lm-eval names, not files: no error here
+    bridge = SimpleNamespace(checkpoint=SimpleNamespace(pretrained_checkpoint=None), tokenizer=None)
+    preflight.check_paths(cfg, bridge)
+    cfg.eval.include_path = str(tmp_path / "no_such_tasks")
+    with pytest.raises(OverrideError, match=r"eval.include_path: no such directory .*no_such_tasks"):
+        preflight.check_paths(cfg, bridge)
+    cfg.eval.enabled = False  # not evaluating: nothing to check
+    preflight.check_paths(cfg, bridge)

@@ -1,0 +1,117 @@
+"""The study's summariser (examples/studies/four_learners.py) over a small runs.json made here: no training.
+
+The full study trains 18 models (minutes each on a CPU), too long for CI; what CI checks is that the numbers the
+README reports come out of the per-item scores correctly: means against a float64 reference, paired intervals,
+the RLP quarters per hopper seed, and table.md / plot.png regenerated from summary.json by ``--summarise-only``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "examples" / "studies" / "four_learners.py"
+
+
+@pytest.fixture(scope="module")
+def study():
+    spec = importlib.util.spec_from_file_location("four_learners", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _runs(items: int = 30) -> list[dict]:
+    rng = random.Random(7)
+    runs = []
+    for seed in (1, 2, 3):
+        base_k = [float(rng.random() < 0.3) for _ in range(items)]
+        base_r = [float(rng.random() < 0.2) for _ in range(items)]
+        for arm in ("pascal", "random_order", "volta", "ampere", "hopper", "hopper_token_matched"):
+            row = {"arm": arm, "seed": seed, "knowledge": list(base_k), "reasoning": list(base_r)}
+            if arm == "volta":  # volta: pascal's scores plus one more right answer on every item it got wrong
+                row["knowledge"] = [1.0] * items
+            if arm == "hopper":
+                reward = [-0.5 + 0.01 * step + 0.001 * seed for step in range(40)]
+                row.update(rlp_reward=reward, truncation_rate=0.25)
+                row["rlp_reward_first_quarter"] = float(np.mean(reward[:10]))
+                row["rlp_reward_last_quarter"] = float(np.mean(reward[-10:]))
+            runs.append(row)
+    return runs
+
+
+def test_means_intervals_and_pairing(study):
+    runs = _runs()
+    summary = study.summarise(runs, "python examples/studies/four_learners.py", 12.5, {"iters": 1})
+    for arm in ("pascal", "volta"):
+        scores = np.array([r["knowledge"] for r in runs if r["arm"] == arm], dtype=np.float64)
+        got = summary["arms"][arm]["knowledge"]
+        assert got["mean"] == pytest.approx(scores.mean(axis=1).mean(), abs=1e-12)
+        assert got["n"] == 3 and got["items"] == 30
+    assert summary["arms"]["volta"]["knowledge"]["ci95"] == 0.0  # every item right in every seed: no spread
+    assert summary["arms"]["pascal"]["knowledge"]["ci95"] > 0.0
+    by = {(c["metric"], c["arm"], c["baseline"]): c for c in summary["comparisons"]}
+    assert len(by) == 4
+    # random_order and pascal have the same scores item by item: a paired difference is exactly 0 in every draw.
+    same = [r for r in runs if r["arm"] == "pascal"]
+    assert all(r["knowledge"] == s["knowledge"] for r, s in zip([r for r in runs if r["arm"] == "random_order"], same))
+    vs_pascal = by[("knowledge", "volta", "pascal")]
+    expected = 1.0 - np.mean([r["knowledge"] for r in same])
+    assert (
+        vs_pascal["mean"] == pytest.approx(expected, abs=1e-12) and vs_pascal["low"] <= expected <= vs_pascal["high"]
+    )
+    paired = by[("reasoning", "hopper", "hopper_token_matched")]  # identical per-item scores
+    assert (paired["mean"], paired["low"], paired["high"], paired["ci95"]) == (0.0, 0.0, 0.0, 0.0)
+    seeds = summary["hopper_seeds"]
+    assert [h["seed"] for h in seeds] == [1, 2, 3]
+    for h in seeds:
+        assert h["rlp_reward_last_quarter"] - h["rlp_reward_first_quarter"] == pytest.approx(0.3, abs=1e-9)
+        assert h["truncation_rate"] == 0.25
+
+
+def test_summarise_only_regenerates_table_and_plot(study, tmp_path):
+    runs = _runs(items=10)
+    summary = study.summarise(runs, "python examples/studies/four_learners.py --quick", 60.0, {"iters": 1})
+    study.write_outputs(summary, runs, tmp_path)
+    (tmp_path / "table.md").unlink()
+    (tmp_path / "plot.png").unlink()
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--summarise-only", "--results", str(tmp_path)], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    table = (tmp_path / "table.md").read_text()
+    assert "| volta - pascal | knowledge |" in table and "| 1 | " in table  # the comparison and hopper seed 1 rows
+    assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((tmp_path / "summary.json").read_text()) == json.loads(json.dumps(summary))
+
+
+def test_a_cut_study_is_summarised_from_its_finished_runs_and_marked_incomplete(tmp_path):
+    everything = _runs(items=10)
+    runs = [r for r in everything if r["seed"] == 1] + [everything[6]]  # seed 1 finished; seed 2 only one arm
+    out = tmp_path / "runs"
+    out.mkdir()
+    settings = {"seeds": [1, 2, 3], "iters": 1}
+    (out / "study_started.json").write_text(json.dumps({"time": 0.0, "command": "c", "settings": settings}))
+    (out / "runs.partial.jsonl").write_text("".join(json.dumps(r) + "\n" for r in reversed(runs)))
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--summarise-partial", "--out", str(out), "--results", str(tmp_path / "res")],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads((tmp_path / "res" / "summary.json").read_text())
+    assert everything[6]["seed"] == 2
+    counts = (summary["complete"], summary["runs_finished"], summary["runs_summarised"], summary["runs_planned"])
+    assert counts == (False, 7, 7, 18)
+    assert summary["arms"]["pascal"]["knowledge"]["n"] == 2  # pascal finished seeds 1 and 2
+    vs_pascal = next(c for c in summary["comparisons"] if c["baseline"] == "pascal")
+    assert vs_pascal["n"] == 1  # volta finished only seed 1: the pair has one seed
+    assert summary["arms"]["volta"]["knowledge"]["n"] == 1
+    assert "**Incomplete**: 7 of 18 runs finished (study cut)" in (tmp_path / "res" / "table.md").read_text()
