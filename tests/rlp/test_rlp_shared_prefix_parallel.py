@@ -122,7 +122,7 @@ def test_grouped_forward_under_tp_and_pp_equals_per_row(reference, tp, pp):
     checked = set()
     for losses, grads, is_last, (row_losses, row_grads) in results:
         # Same parallel layout, grouped vs per-row: the float64 model agrees to rounding (the log-softmax is fp32).
-        for (name, _, _, g), (_, _, _, r) in zip(grads, row_grads):
+        for (name, _, _, g, _), (_, _, _, r, _) in zip(grads, row_grads):
             torch.testing.assert_close(g, r, rtol=1e-9, atol=1e-13, msg=name)
         if is_last:
             _assert_losses(losses, row_losses, rtol=1e-9, atol=1e-12)
