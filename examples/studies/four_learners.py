@@ -282,19 +282,7 @@ def main() -> int:
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:  # each run is its own process; threads only wait
         runs = list(pool.map(one, jobs))
     wall = time.time() - started
-    command = "python examples/studies/four_learners.py " + " ".join(sys.argv[1:])
-    keys = (
-        "seeds",
-        "iters",
-        "global_batch_size",
-        "seq_length",
-        "hidden_size",
-        "num_layers",
-        "rlp_steps",
-        "lr",
-        "jobs",
-    )
-    summary = summarise(runs, command, wall, {k: getattr(args, k) for k in keys})
+    summary = summarise(runs, command, wall, settings)
     write_outputs(summary, runs, results)
     return 0
 
