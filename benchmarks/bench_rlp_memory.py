@@ -60,18 +60,15 @@ def run_variant(args) -> dict:
     from nemo_smartpt.rlp.config import RLPConfig
     from nemo_smartpt.rlp.megatron.logprobs import causal_mask
     from nemo_smartpt.rlp.megatron.step import logprobs_from_logits, rlp_forward, rlp_loss_func
-    from nemo_smartpt.runtime import apply_cpu_runtime
-    from nemo_smartpt.testing.megatron import TinyGPTSpec, build_tiny_gpt, init_single_process
+    from nemo_smartpt.testing.megatron import TinyGPTSpec, single_process_tiny_gpt
 
-    apply_cpu_runtime()
     torch.set_num_threads(1)
-    init_single_process(seed=0)
     batch = _batch(args)
     N, L = batch["input_ids_NL"].shape
     spec = TinyGPTSpec(
         num_layers=args.layers, hidden_size=args.hidden, num_attention_heads=4, vocab_size=args.vocab, seq_length=L
     )
-    model = build_tiny_gpt(spec)
+    model = single_process_tiny_gpt(spec, seed=0)
     cfg = RLPConfig(num_rollouts=args.rollouts, logits_chunk_tokens=args.chunk)
     before = _rss_bytes()
     peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

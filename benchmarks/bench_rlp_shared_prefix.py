@@ -25,11 +25,8 @@ import torch
 
 
 def _setup(args):
-    from nemo_smartpt.runtime import apply_cpu_runtime
-    from nemo_smartpt.testing.megatron import TinyGPTSpec, build_tiny_gpt, init_single_process
+    from nemo_smartpt.testing.megatron import TinyGPTSpec, single_process_tiny_gpt
 
-    apply_cpu_runtime()
-    init_single_process(seed=args.seed)
     spec = TinyGPTSpec(
         num_layers=args.layers,
         hidden_size=args.hidden,
@@ -37,7 +34,7 @@ def _setup(args):
         vocab_size=args.vocab,
         seq_length=args.context + args.thought + 4,
     )
-    return build_tiny_gpt(spec)
+    return single_process_tiny_gpt(spec, seed=args.seed)
 
 
 def _batch(args):

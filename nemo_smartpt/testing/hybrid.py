@@ -60,8 +60,8 @@ def build_tiny_hybrid(spec: TinyGPTSpec, pattern: str | None = None):
 def gpt_name(hybrid_name: str) -> str:
     """The GPT twin's parameter name of a ``*-``-pattern hybrid parameter (layer 2i → GPT layer i's attention,
     2i+1 → its MLP; the stack's ``final_norm`` → ``final_layernorm``)."""
-    if hybrid_name == "decoder.final_norm.weight" or hybrid_name == "decoder.final_norm.bias":
-        return hybrid_name.replace("final_norm", "final_layernorm")
+    if hybrid_name.startswith("decoder.final_norm."):
+        return hybrid_name.replace("final_norm", "final_layernorm", 1)
     match = _HYBRID_LAYER.match(hybrid_name)
     if not match:
         return hybrid_name

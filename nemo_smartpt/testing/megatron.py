@@ -32,10 +32,12 @@ class TinyGPTSpec:
     num_query_groups: int | None = None
     """KV heads of the ``llama`` family (None: half the attention heads)."""
 
-    @property
-    def is_llama(self) -> bool:
+    def __post_init__(self):
         if self.family not in ("gpt", "llama"):
             raise ValueError(f"TinyGPTSpec.family must be 'gpt' or 'llama', got {self.family!r}")
+
+    @property
+    def is_llama(self) -> bool:
         return self.family == "llama"
 
 
@@ -76,6 +78,16 @@ def init_single_process(seed: int = 1234, backend: str = "gloo") -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
     torch.distributed.init_process_group(backend, rank=0, world_size=1)
     init_model_parallel(1, 1, seed=seed)
+
+
+def single_process_tiny_gpt(spec: TinyGPTSpec, seed: int = 1234):
+    """The tiny GPT in a world of one: the CPU runtime (a no-op on a GPU), the process group and model-parallel state
+    (:func:`init_single_process`), then the model. What a benchmark script needs before its first forward."""
+    from nemo_smartpt.runtime import apply_cpu_runtime
+
+    apply_cpu_runtime()
+    init_single_process(seed=seed)
+    return build_tiny_gpt(spec)
 
 
 def transformer_config(spec: TinyGPTSpec, tp: int = 1, pp: int = 1, **overrides):
