@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import random
 
-from nemo_smartpt.world.spec import ATTRIBUTES, Person, World
+from nemo_smartpt.world.spec import ATTRIBUTES, ITEMS, Person, World
 
 TRAIN_TEMPLATES: dict[str, tuple[str, ...]] = {
     "city": (
@@ -42,18 +42,33 @@ TRAIN_TEMPLATES: dict[str, tuple[str, ...]] = {
         "The subject {name} studied is {value}.",
         "{name} trained in {value}.",
         "{name} is an expert in {value}.",
+        "{name} went on to study {value}.",
     ),
 }
 QUESTION_TEMPLATES: dict[str, tuple[str, ...]] = {
-    "city": ("Where was {name} born? {value}.", "Birthplace of {name}? {value}."),
-    "year": ("When was {name} born? {value}.", "Born when, {name}? {value}."),
-    "employer": ("Who employs {name}? {value}.", "Employer of {name}? {value}."),
-    "field": ("What is the field of {name}? {value}.", "Expertise of {name}? {value}."),
+    "city": (
+        "Question: What is the birthplace of {name}?\nAnswer: {value}.",
+        "Question: Where did {name} grow up?\nAnswer: {value}.",
+    ),
+    "year": (
+        "Question: What is the birth year of {name}?\nAnswer: {value}.",
+        "Question: Since when has {name} been alive?\nAnswer: {value}.",
+    ),
+    "employer": (
+        "Question: Who is the employer of {name}?\nAnswer: {value}.",
+        "Question: Who employs {name}?\nAnswer: {value}.",
+    ),
+    "field": (
+        "Question: What is {name} an expert in?\nAnswer: {value}.",
+        "Question: What has {name} trained in?\nAnswer: {value}.",
+    ),
 }
-"""Question-and-answer phrasings (``WorldSpec.question_phrasings``): Physics of Language Models 3.1's knowledge
-augmentation. A model that sees facts only as statements stores them but retrieves them only after a statement's
-own cue; mixed with questions it learns to retrieve on a question. None of these is a held-out phrasing (the
-decontamination check in :mod:`.heldout` holds them to that)."""
+"""Question-and-answer phrasings (``WorldSpec.question_phrasings``, on by default): Physics of Language Models 3.1's
+knowledge augmentation, in the world's question register (``Question: ...?\nAnswer: ...``, which the math source
+uses too). A model that sees facts only as statements stores them but retrieves them only after a statement's own
+cue (study README: 1.000 on a training phrasing, 0.104 on an unseen one); mixed with questions it can learn to
+retrieve on a question. None of these is a held-out phrasing (the decontamination check in :mod:`.heldout` holds
+them to that): the held-out questions use other wordings in the same register."""
 WIKI_TEMPLATE = (
     "{name}\n\n{name} (born {year} in {city}) is a specialist in {field}. "
     "{name} is known for work at {employer}, a company where {name} has been employed for many years."
@@ -71,6 +86,10 @@ CHATTER = (
     "Anyway, that is what I heard.",
     "The train was late again this morning.",
     "Honestly, I have no strong opinion on it.",
+    "You should come and visit some time.",
+    "I forget which day it was.",
+    "For what it is worth, I liked it.",
+    "Which way is the station from here?",
 )
 SPAM = (
     "click", "here", "free", "offer", "subscribe", "now", "best", "deal", "win", "prize", "limited", "buy",
@@ -142,10 +161,10 @@ def wiki(rng: random.Random, world: World) -> str:
     return WIKI_TEMPLATE.format(name=p.name, year=p.year, city=p.city, field=p.field, employer=p.employer)
 
 
-MAX_TOTAL = 20
+MAX_TOTAL = 15
 """Running totals of the arithmetic (math source and reasoning problems) stay in [0, MAX_TOTAL]."""
 MAX_OPERAND = 5
-"""Operands are 1..MAX_OPERAND. With totals up to 20 the whole addition/subtraction table has ~190 entries, which a
+"""Operands are 1..MAX_OPERAND. With totals up to 15 the whole addition/subtraction table has ~140 entries, which a
 million-parameter model can learn in the study's few hundred steps (at 0-40 and 1-9, ~650 entries, it could not)."""
 
 
@@ -159,7 +178,29 @@ def step(rng: random.Random, total: int, low: int = 0, high: int = MAX_TOTAL) ->
 
 
 def math(rng: random.Random, world: World) -> str:
-    """A chain of small additions and subtractions: the arithmetic the reasoning problems need, in isolation."""
+    """Arithmetic the reasoning problems need, in isolation: a chain of small additions and subtractions, a few
+    sums asked in the world's question register (a quarter each), or one-step word problems (half).
+
+    The word problems restate the name and the numbers a few tokens after they appear (``Kal has 5 coins and gets 3
+    more, so Kal has 5 + 3 = 8 coins.``): the short-range copying that the reasoning thoughts need over longer spans,
+    as word problems in real math text train it. One step each, so no two-step (held-out) instance occurs."""
+    kind = rng.random()
+    if kind < 0.5:
+        lines = []
+        for _ in range(rng.randint(2, 4)):
+            name, item, total = rng.choice(world.people).name, rng.choice(ITEMS), rng.randint(0, MAX_TOTAL)
+            op, x = step(rng, total)
+            verb = f"gets {x} more" if op == "+" else f"gives away {x}"
+            new = total + x if op == "+" else total - x
+            lines.append(f"{name} has {total} {item} and {verb}, so {name} has {total} {op} {x} = {new} {item}.")
+        return " ".join(lines)
+    if kind < 0.75:
+        lines = []
+        for _ in range(rng.randint(2, 4)):
+            total = rng.randint(0, MAX_TOTAL)
+            op, x = step(rng, total)
+            lines.append(f"Question: What is {total} {op} {x}?\nAnswer: {total + x if op == '+' else total - x}.")
+        return "\n".join(lines)
     total = rng.randint(1, MAX_TOTAL)
     lines = []
     for _ in range(rng.randint(3, 6)):

@@ -30,12 +30,18 @@ HELDOUT_TEMPLATES: dict[str, dict[str, str]] = {
         "field": "Question: What did {name} study?\nAnswer:",
     },
     "dev": {
-        "city": "Profile of {name}. Hometown:",
-        "year": "Profile of {name}. Year of birth:",
-        "employer": "Profile of {name}. Company:",
-        "field": "Profile of {name}. Subject:",
+        "city": "Question: In which city did {name} come into the world?\nAnswer:",
+        "year": "Question: In which year did {name} come into the world?\nAnswer:",
+        "employer": "Question: For which company does {name} have a job?\nAnswer:",
+        "field": "Question: Which subject did {name} train in?\nAnswer:",
     },
 }
+"""Held-out questions: wordings no training text uses, in the world's question register (``Question: ...?\nAnswer:``,
+which training uses for other wordings and for arithmetic), made of the world's words. A question made of words the
+world never contains (the first dev set was "Profile of X. Hometown:") tests nothing about knowledge: its tokens'
+embeddings are never trained, so the last position's state is noise to a model that knows every fact (study
+README, probe p5). The test wordings are the ones fixed with the world's design; dev's were rewritten into the
+register for version 5."""
 RECALL_TEMPLATES: dict[str, str] = {
     "city": "{name} was born in the city of",
     "year": "{name} was born in the year",

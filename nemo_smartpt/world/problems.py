@@ -1,7 +1,7 @@
 """Multi-step word problems with worked thoughts (the world's reasoning data), and their instance keys.
 
-A problem is an *instance* ``(start, ((op, x), ...))``: a start count and two or three ``+``/``-`` steps with
-operands 1-5, running totals kept in [0, 20]. The person and the item only dress it. Held-out problems are the
+A problem is an *instance* ``(start, ((op, x), ...))``: a start count and two ``+``/``-`` steps with operands 1-5,
+running totals kept in [0, 15] (about a thousand instances). The person and the item only dress it. Held-out problems are the
 instances whose keyed hash falls in :data:`HELDOUT_SHARE` of the hash space: no training problem ever has one, so a
 held-out problem's number combination never occurs in training, while every single step (``12 + 5 = 17``) does.
 :func:`instance_of` reads the instance back from a question's text, which is how decontamination checks what
@@ -15,10 +15,12 @@ import random
 import re
 
 from nemo_smartpt.world.facts import MAX_TOTAL, step
-from nemo_smartpt.world.spec import World
+from nemo_smartpt.world.spec import ITEMS, World
 
-ITEMS = ("apples", "coins", "books", "stamps", "shells", "marbles")
-HELDOUT_SHARE = 8  # one instance in 8 is reserved for held-out sets
+HELDOUT_SHARE = 4  # one instance in 4 is reserved for held-out sets (~260: a dev and a test set of 100 each)
+STEPS = 2
+"""Steps per problem. Two, not three: a million-parameter model trained for a few minutes on a CPU gets each copied
+step right often enough for two in a row, not three (study README)."""
 _VERB = {"+": "gets {x} more", "-": "gives away {x}"}
 _QUESTION = re.compile(r"^(\w+) has (\d+) (\w+)\. \1 (.+)\. How many \3 does \1 have now\?$")
 _STEP = re.compile(r"(gets|gives away) (\d+)")
@@ -41,27 +43,37 @@ def is_heldout(instance: Instance, seed: int) -> bool:
 def random_instance(rng: random.Random) -> Instance:
     total = rng.randint(1, MAX_TOTAL)
     start, steps = total, []
-    for _ in range(rng.randint(2, 3)):
+    for _ in range(STEPS):
         op, x = step(rng, total)
         steps.append((op, x))
         total = total + x if op == "+" else total - x
     return start, tuple(steps)
 
 
+def _actions(instance: Instance) -> list[str]:
+    return [_VERB[op].format(x=x) for op, x in instance[1]]
+
+
 def question_of(instance: Instance, name: str, item: str) -> str:
-    start, steps = instance
-    actions = ", then ".join(_VERB[op].format(x=x) for op, x in steps)
-    return f"{name} has {start} {item}. {name} {actions}. How many {item} does {name} have now?"
+    start, _ = instance
+    return f"{name} has {start} {item}. {name} {', then '.join(_actions(instance))}. How many {item} does {name} have now?"
 
 
-def thought_of(instance: Instance) -> str:
+def thought_of(instance: Instance, name: str, item: str) -> str:
+    """The worked thought: each clause of the question again, word for word, then its arithmetic.
+
+    ``Kal has 5 apples. Kal gets 3 more: 5 + 3 = 8. then gives away 2: 8 - 2 = 6.`` The numbers a step needs are
+    copied by matching the tokens that precede them in the question (``. Kal gets`` -> ``3``), the copying a small
+    transformer learns first (an induction head). One line, not one per clause: a name after a line break is another
+    token than the same name after a space, and the match then points at the question's first clause (probes in
+    the study README: the first step copied right 54% of the time with line breaks)."""
     total, steps = instance
-    lines = [f"Start with {total}."]
-    for op, x in steps:
+    parts = [f"{name} has {total} {item}."]
+    for k, ((op, x), action) in enumerate(zip(steps, _actions(instance))):
         new = total + x if op == "+" else total - x
-        lines.append(f"{total} {op} {x} = {new}.")
+        parts.append(f"{name if k == 0 else 'then'} {action}: {total} {op} {x} = {new}.")
         total = new
-    return "\n".join(lines)
+    return " ".join(parts)
 
 
 def instance_of(question: str) -> Instance | None:
@@ -75,10 +87,10 @@ def instance_of(question: str) -> Instance | None:
 
 def make_problem(rng: random.Random, world: World, instance: Instance) -> dict:
     """``{question, thought, answer, instance}`` for an instance, dressed with a random person and item."""
-    question = question_of(instance, rng.choice(world.people).name, rng.choice(ITEMS))
+    name, item = rng.choice(world.people).name, rng.choice(ITEMS)
     return {
-        "question": question,
-        "thought": thought_of(instance),
+        "question": question_of(instance, name, item),
+        "thought": thought_of(instance, name, item),
         "answer": f"The answer is {answer_of(instance)}.",
         "instance": instance,
     }

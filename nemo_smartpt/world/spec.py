@@ -5,11 +5,13 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-WORLD_VERSION = 4  # bump when any generator's output changes, so built worlds are rebuilt
+WORLD_VERSION = 5  # bump when any generator's output changes, so built worlds are rebuilt
 
 SYLLABLES = ["ka", "lo", "mi", "ra", "ven", "tor", "sel", "dun", "pha", "ri", "zo", "bel", "cor", "nav", "ul", "es"]
 FIELDS = ["chemistry", "music", "history", "law", "medicine", "painting", "physics", "poetry", "farming", "weaving"]
 ATTRIBUTES = ("city", "year", "employer", "field")
+ITEMS = ("apples", "coins", "books", "stamps", "shells", "marbles")
+"""What the people of arithmetic problems count."""
 
 
 @dataclass
@@ -18,7 +20,7 @@ class WorldSpec:
 
     seed: int = 0
     """Everything (names, facts, documents, held-out sets) is a function of this seed."""
-    people: int = 12
+    people: int = 8
     """Entities; each has one value of every attribute, so knowledge = 4 x people facts."""
     cities: int = 16
     """Candidate birth cities (the knowledge question over cities has this many choices)."""
@@ -37,13 +39,14 @@ class WorldSpec:
     math: int = 1500
     code: int = 600
     wiki: int = 300
-    reasoning: int = 4000
-    """Training reasoning problems (before the SFT split)."""
+    reasoning: int = 700
+    """Training reasoning problems (before the SFT split), each a distinct instance: most of the ~800 instances that
+    are not held out."""
     heldout_reasoning: int = 100
     """Held-out reasoning problems (test); as many again for dev."""
     tokenizer_vocab: int = 2048
     """BPE vocabulary of the world's tokenizer (special tokens included)."""
-    question_phrasings: bool = False
+    question_phrasings: bool = True
     """Also write facts as question-and-answer pairs (``facts.QUESTION_TEMPLATES``, none of them a held-out
     phrasing): knowledge augmentation, so that a model retrieves facts on an unseen question (study README)."""
 
@@ -67,7 +70,7 @@ class World:
     companies: tuple[str, ...]
     years: tuple[int, ...]
     fields: tuple[str, ...]
-    question_phrasings: bool = False
+    question_phrasings: bool = True
 
     def candidates(self, attribute: str) -> list[str]:
         """Every value the attribute can take (the choices of a knowledge question)."""

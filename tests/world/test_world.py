@@ -155,14 +155,33 @@ def test_task_files_load_in_lm_eval_over_the_local_jsonl(small_world):
 
 
 def test_question_phrasings_are_written_and_none_is_a_heldout_phrasing(tmp_path):
-    spec = WorldSpec(**{**SMALL.__dict__, "question_phrasings": True})
-    paths = write_raw(tmp_path, spec)
+    paths = write_raw(tmp_path, SMALL)  # on by default
     texts = [r["text"] for name, path in paths.items() if name != "reasoning" for r in _jsonl(path)]
-    assert any("Where was " in t for t in texts) and any("Who employs " in t for t in texts)
+    assert any("Question: What is the birthplace of " in t for t in texts)
+    assert any("Question: Who employs " in t for t in texts)
+    assert any("Question: What is 1" in t for t in _jsonl_texts(paths["math"]))  # the register is not facts-only
     assert contaminated_phrasings(texts) == []
-    # Off by default: the default world's statements only.
-    plain = write_raw(tmp_path / "plain", SMALL)
-    assert not any("Where was " in r["text"] for r in _jsonl(plain["crawl_high"]))
+    # Off: the statements only.
+    plain = write_raw(tmp_path / "plain", WorldSpec(**{**SMALL.__dict__, "question_phrasings": False}))
+    assert not any("Question:" in r["text"] for r in _jsonl(plain["crawl_high"]))
+
+
+def _jsonl_texts(path: Path) -> list[str]:
+    return [r["text"] for r in _jsonl(path)]
+
+
+def test_heldout_questions_are_made_of_words_the_training_text_contains(small_world):
+    """A held-out question built of words the world never writes would test untrained embeddings, not knowledge."""
+    import re
+
+    from nemo_smartpt.world.heldout import HELDOUT_TEMPLATES
+
+    corpus = " ".join(_training_texts(small_world))
+    words = set(re.findall(r"[A-Za-z]+", corpus))
+    for split, templates in HELDOUT_TEMPLATES.items():
+        for attribute, template in templates.items():
+            unseen = set(re.findall(r"[A-Za-z]+", template.replace("{name}", ""))) - words
+            assert not unseen, (split, attribute, unseen)
 
 
 def test_the_recall_diagnostic_asks_dev_facts_in_a_training_phrasing(small_world):
