@@ -123,19 +123,3 @@ def test_shrunk_qwen3_volta_and_hopper(tmp_path, bundled):
     assert "Hugging Face config of Qwen/Qwen3-0.6B from" in result.stdout
     hopper = tmp_path / "hopper"
     check_hopper(hopper, smartpt(QWEN, "shrink=tiny", *HOPPER, f"out_dir={hopper}", f"data.bundled_dir={bundled}"))
-
-
-@pytest.mark.distributed
-def test_default_volta_under_torchrun_tp2_pads_the_byte_vocabulary(tmp_path, bundled):
-    result = smartpt(
-        "+experiment=volta",
-        "model.tensor_model_parallel_size=2",
-        f"out_dir={tmp_path}",
-        f"data.bundled_dir={bundled}",
-        "train.train_iters=3",
-        *QUICK,
-        nproc=2,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "padded vocab (size: 257) with 15 dummy tokens (new size: 272)" in result.stdout  # 8 x TP=2
-    assert [r["step"] for r in metrics(tmp_path)] == [1, 2, 3]

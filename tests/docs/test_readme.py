@@ -37,6 +37,13 @@ MARKS = {
 REFUSED = "refused"
 MAX_STEPS = "2"  # SMARTPT_MAX_STEPS for every command (README: "Smoke-testing a command")
 
+# What a command's output must show besides exiting 0, where the README makes a claim about it. The TP=2 line is
+# also the project's only test of the default byte vocabulary padded for TP=2 under torchrun (8 x TP = 16).
+EXPECT_OUTPUT = {
+    "torchrun --nproc-per-node=2 -m nemo_smartpt train +experiment=volta model.tensor_model_parallel_size=2 "
+    "out_dir=runs/volta_tp2": "padded vocab (size: 257) with 15 dummy tokens (new size: 272)",
+}
+
 # Commands that fail on this branch and are fixed on another; the lead removes an entry when merging that branch.
 # Keyed by command, or (command, n) for its n-th occurrence in the README.
 WAITING: dict = {}  # README commands waiting on unmerged work (none): each entry names its branch
@@ -99,6 +106,7 @@ def test_extraction_finds_the_documented_paths_and_marks_the_cluster_ones():
     assert any(c.startswith("sbatch ") for c in marked) and any(c.startswith("docker ") for c in marked)
     assert all(m == "cluster" for c, m in marked.items() if c.split()[0] in ("sbatch", "docker", "enroot"))
     assert all(m in MARKS or m == REFUSED for m in marked.values())
+    assert set(EXPECT_OUTPUT) <= set(RUN), set(EXPECT_OUTPUT) - set(RUN)  # a reworded command keeps its check
     keys = set(RUN) | set(_occurrences(RUN))
     assert set(WAITING) <= keys, set(WAITING) - keys  # a reworded README command must not stay skipped here
 
@@ -176,3 +184,5 @@ def test_readme_command_runs_as_written(command, n, workspace):
         return
     assert done.returncode == 0, f"$ {command}\n{output[-4000:]}"
     assert "Traceback" not in output, f"$ {command}\n{output[-4000:]}"
+    if command in EXPECT_OUTPUT:
+        assert EXPECT_OUTPUT[command] in output, f"$ {command}\n(missing: {EXPECT_OUTPUT[command]})\n{output[-4000:]}"
