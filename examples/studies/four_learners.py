@@ -28,10 +28,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-# A world thought is ~20 tokens; a scoring row (context + <think> + thought + </think>) fits 128 positions: 88 + 32 + 2.
-# rlp.lr: the paper's 1e-6 suits a pretrained 1.7B model; a million-parameter model trained at 3e-3 moves nowhere at
-# 1e-6 in a few dozen steps, so the RLP steps use 1e-3 (fixed before any run, the same in every seed).
-RLP = ["rlp.num_rollouts=4", "rlp.max_thought_tokens=32", "rlp.max_context=88", "rlp.min_context=8", "rlp.lr=1e-3"]
+# A world thought is ~30 tokens; a scoring row (context + <think> + thought + </think> + x_t) fits 128 positions:
+# 72 + 1 + 40 + 1 + 1. rlp.lr: the paper's 1e-6 suits a pretrained 1.7B model and moves a million-parameter model
+# nowhere in a few dozen steps; 1e-3 (the first study) drove thoughts to the length cap. Both fixed before any run,
+# the same in every seed.
+RLP = ["rlp.num_rollouts=4", "rlp.max_thought_tokens=40", "rlp.max_context=72", "rlp.min_context=8", "rlp.lr=3e-4"]
 ARMS = {
     "pascal": ["+experiment=pascal"],
     "random_order": ["+experiment=volta", "data.arm=random_order"],
@@ -58,7 +59,9 @@ def run_one(arm: str, seed: int, args, catalog: Path) -> dict:
         f"train.train_iters={args.iters}", f"model.seq_length={args.seq_length}",
         f"train.global_batch_size={args.global_batch_size}", f"train.micro_batch_size={args.micro_batch_size}",
         f"model.hidden_size={args.hidden_size}", f"model.ffn_hidden_size={4 * args.hidden_size}",
-        f"model.num_layers={args.num_layers}", f"optimizer.lr={args.lr}", f"optimizer.min_lr={args.lr}",
+        f"model.num_layers={args.num_layers}", f"model.num_attention_heads={args.heads}",
+        f"model.position_embedding_type={args.position_embedding}", f"optimizer.lr={args.lr}", f"optimizer.min_lr={args.lr * args.min_lr_ratio}",
+        "scheduler.lr_decay_style=cosine", f"scheduler.lr_warmup_iters={args.warmup}",
         *([f"schedule.rlp_steps={args.rlp_steps}"] if arm.startswith("hopper") else []),
         *args.extra,
     ]  # fmt: skip
@@ -201,16 +204,22 @@ def plot(summary: dict, path: Path, runs: list[dict] | None = None) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    parser.add_argument("--iters", type=int, default=200)
+    parser.add_argument("--iters", type=int, default=380)
     parser.add_argument("--seq-length", type=int, default=128)
     parser.add_argument("--global-batch-size", type=int, default=16)
-    parser.add_argument("--micro-batch-size", type=int, default=8)
+    parser.add_argument("--micro-batch-size", type=int, default=16)
     parser.add_argument("--hidden-size", type=int, default=128)
-    parser.add_argument("--num-layers", type=int, default=4)
-    parser.add_argument("--rlp-steps", type=int, default=20, help="Hopper's RLP steps (the last of --iters)")
-    parser.add_argument("--lr", type=float, default=1e-3, help="constant learning rate of every next-token step")
+    parser.add_argument("--num-layers", type=int, default=2)
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument(
+        "--position-embedding", default="rope", help="rope or learned_absolute (see README: copying needs rope here)"
+    )
+    parser.add_argument("--rlp-steps", type=int, default=12, help="Hopper's RLP steps (the last of --iters)")
+    parser.add_argument("--lr", type=float, default=5e-3, help="peak learning rate of the next-token steps")
+    parser.add_argument("--min-lr-ratio", type=float, default=0.1, help="cosine decay to lr x this at the last step")
+    parser.add_argument("--warmup", type=int, default=30, help="linear warm-up steps")
     parser.add_argument("--jobs", type=int, default=2, help="runs side by side (each with OMP_NUM_THREADS=1)")
-    parser.add_argument("--quick", action="store_true", help="one seed, 60 steps (8 RLP): a smoke test")
+    parser.add_argument("--quick", action="store_true", help="one seed, 80 steps (4 RLP): a smoke test")
     parser.add_argument("--out", default="runs/study")
     parser.add_argument("--world-dir", default="runs/world")
     parser.add_argument("--results", default=str(HERE / "results"))
@@ -224,7 +233,7 @@ def main() -> int:
     )
     args = parser.parse_args()
     if args.quick:
-        args.seeds, args.iters, args.rlp_steps = args.seeds[:1], 60, 8
+        args.seeds, args.iters, args.rlp_steps = args.seeds[:1], 80, 4
 
     results = Path(args.results)
     if args.summarise_only:
@@ -239,8 +248,12 @@ def main() -> int:
         "seq_length",
         "hidden_size",
         "num_layers",
+        "heads",
+        "position_embedding",
         "rlp_steps",
         "lr",
+        "min_lr_ratio",
+        "warmup",
         "jobs",
     )
     settings = {k: getattr(args, k) for k in keys}
