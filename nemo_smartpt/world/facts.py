@@ -168,6 +168,14 @@ MAX_OPERAND = 5
 million-parameter model can learn in the study's few hundred steps (at 0-40 and 1-9, ~650 entries, it could not)."""
 
 
+ACTIONS = {"+": "gets {x} more", "-": "gives away {x}"}
+"""How a word problem says a step (the math source's one-step problems and :mod:`.problems`)."""
+
+
+def apply_step(total: int, op: str, x: int) -> int:
+    return total + x if op == "+" else total - x
+
+
 def step(rng: random.Random, total: int, low: int = 0, high: int = MAX_TOTAL) -> tuple[str, int]:
     """One ``+``/``-`` step with an operand 1..MAX_OPERAND that keeps the running total in [low, high]."""
     ops = [op for op in "+-" if (total + 1 <= high if op == "+" else total - 1 >= low)]
@@ -190,8 +198,7 @@ def math(rng: random.Random, world: World) -> str:
         for _ in range(rng.randint(2, 4)):
             name, item, total = rng.choice(world.people).name, rng.choice(ITEMS), rng.randint(0, MAX_TOTAL)
             op, x = step(rng, total)
-            verb = f"gets {x} more" if op == "+" else f"gives away {x}"
-            new = total + x if op == "+" else total - x
+            verb, new = ACTIONS[op].format(x=x), apply_step(total, op, x)
             lines.append(f"{name} has {total} {item} and {verb}, so {name} has {total} {op} {x} = {new} {item}.")
         return " ".join(lines)
     if kind < 0.75:
@@ -199,13 +206,13 @@ def math(rng: random.Random, world: World) -> str:
         for _ in range(rng.randint(2, 4)):
             total = rng.randint(0, MAX_TOTAL)
             op, x = step(rng, total)
-            lines.append(f"Question: What is {total} {op} {x}?\nAnswer: {total + x if op == '+' else total - x}.")
+            lines.append(f"Question: What is {total} {op} {x}?\nAnswer: {apply_step(total, op, x)}.")
         return "\n".join(lines)
     total = rng.randint(1, MAX_TOTAL)
     lines = []
     for _ in range(rng.randint(3, 6)):
         op, x = step(rng, total)
-        new = total + x if op == "+" else total - x
+        new = apply_step(total, op, x)
         lines.append(f"{total} {op} {x} = {new}.")
         total = new if rng.random() < 0.7 else rng.randint(1, MAX_TOTAL)
     return " ".join(lines)

@@ -14,14 +14,13 @@ import hashlib
 import random
 import re
 
-from nemo_smartpt.world.facts import MAX_TOTAL, step
+from nemo_smartpt.world.facts import ACTIONS, MAX_TOTAL, apply_step, step
 from nemo_smartpt.world.spec import ITEMS, World
 
 HELDOUT_SHARE = 4  # one instance in 4 is reserved for held-out sets (~260: a dev and a test set of 100 each)
 STEPS = 2
 """Steps per problem. Two, not three: a million-parameter model trained for a few minutes on a CPU gets each copied
 step right often enough for two in a row, not three (study README)."""
-_VERB = {"+": "gets {x} more", "-": "gives away {x}"}
 _QUESTION = re.compile(r"^(\w+) has (\d+) (\w+)\. \1 (.+)\. How many \3 does \1 have now\?$")
 _STEP = re.compile(r"(gets|gives away) (\d+)")
 
@@ -31,7 +30,7 @@ Instance = tuple[int, tuple[tuple[str, int], ...]]
 def answer_of(instance: Instance) -> int:
     total, steps = instance
     for op, x in steps:
-        total = total + x if op == "+" else total - x
+        total = apply_step(total, op, x)
     return total
 
 
@@ -46,12 +45,12 @@ def random_instance(rng: random.Random) -> Instance:
     for _ in range(STEPS):
         op, x = step(rng, total)
         steps.append((op, x))
-        total = total + x if op == "+" else total - x
+        total = apply_step(total, op, x)
     return start, tuple(steps)
 
 
 def _actions(instance: Instance) -> list[str]:
-    return [_VERB[op].format(x=x) for op, x in instance[1]]
+    return [ACTIONS[op].format(x=x) for op, x in instance[1]]
 
 
 def question_of(instance: Instance, name: str, item: str) -> str:
@@ -70,7 +69,7 @@ def thought_of(instance: Instance, name: str, item: str) -> str:
     total, steps = instance
     parts = [f"{name} has {total} {item}."]
     for k, ((op, x), action) in enumerate(zip(steps, _actions(instance))):
-        new = total + x if op == "+" else total - x
+        new = apply_step(total, op, x)
         parts.append(f"{name if k == 0 else 'then'} {action}: {total} {op} {x} = {new}.")
         total = new
     return " ".join(parts)
