@@ -170,11 +170,41 @@ def signals_as_interrupts() -> Iterator[None]:
             signal.signal(s, old)
 
 
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM/SIGHUP for the block: one that arrives meanwhile takes effect at its end.
+
+    For starting a process pool. A Python handler that raises while a worker is being spawned cuts the pipe that
+    carries the worker its start-up data (the worker dies with ``EOFError`` in ``spawn_main``), and the started workers
+    would have no one to stop them. Blocking the signals in this thread is not enough: the kernel hands a
+    process-directed signal to any thread that does not block it (torch and the tokenizers start their own), and
+    CPython then runs the Python handler in the main thread all the same. So the Python handlers are swapped for
+    recorders too. The mask stays as well: spawned children inherit it, so a Ctrl-C to the process group cannot
+    reach a worker before its initializer decides what to do with it.
+    """
+    wanted = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    arrived: list[int] = []
+    previous_handlers = {s: signal.signal(s, lambda signum, frame: arrived.append(signum)) for s in wanted}
+    previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, wanted)
+    try:
+        yield
+    finally:
+        # Unmask first: a signal the kernel held for this thread is then delivered to the recorder, not lost.
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
+        for s, old in previous_handlers.items():
+            signal.signal(s, old)
+    if arrived:
+        signal.raise_signal(arrived[0])  # now through the handler the caller had installed
+
+
 def quiet_worker_signals() -> None:
     """In a worker: the parent decides about SIGINT/SIGHUP (Ctrl-C reaches the whole process group) and stops the
     worker with SIGTERM, whose default action ends it without a traceback."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    # The parent starts the pool with these blocked (see prepare._results) and a spawned child inherits the mask.
+    # The parent starts the pool with these blocked (see signals_held) and a spawned child inherits the mask.
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGHUP})

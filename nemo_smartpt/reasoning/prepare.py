@@ -26,7 +26,6 @@ import logging
 import multiprocessing
 import os
 import re
-import signal
 import sys
 import time
 import warnings
@@ -45,6 +44,7 @@ from nemo_smartpt.reasoning.outputs import (
     check_prefix,
     family,
     remove_stale_partials,
+    signals_held,
 )
 from nemo_smartpt.reasoning.schemas import MalformedRecordError, expand_inputs, iter_raw
 from nemo_smartpt.reasoning.split import PRETRAIN, SFT, split_budgets
@@ -95,17 +95,10 @@ def _results(cfg: PrepareConfig, files: list[str], processor: RecordProcessor) -
         return
     # spawn: workers import only the light modules (no torch), and no fork-with-threads hazards.
     ctx = multiprocessing.get_context("spawn")
-    # A signal while the pool starts would leave started workers with no one to stop them: hold SIGINT/SIGTERM/SIGHUP
-    # until `pool` exists; one that arrived meanwhile is delivered at the unblock, inside the try below.
-    held = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    pool = None
     try:
-        pool = ctx.Pool(cfg.workers, initializer=init_worker, initargs=(cfg,))
-    except BaseException:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-        raise
-    try:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        with signals_held():  # a signal while the pool starts takes effect once `pool` exists, at the block's end
+            pool = ctx.Pool(cfg.workers, initializer=init_worker, initargs=(cfg,))
         pending: deque = deque()
         window = 2 * cfg.workers
         for chunk in chunks:
@@ -116,8 +109,9 @@ def _results(cfg: PrepareConfig, files: list[str], processor: RecordProcessor) -
             yield pending.popleft().get()
         pool.close()
     finally:
-        pool.terminate()
-        pool.join()
+        if pool is not None:
+            pool.terminate()
+            pool.join()
 
 
 def prepare(cfg: PrepareConfig) -> dict[str, Any]:

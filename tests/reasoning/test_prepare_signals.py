@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -115,3 +116,32 @@ def test_partial_files_of_a_killed_run_are_removed_and_named_by_the_next(tmp_pat
         "ds.stats.json",
         "small.jsonl",
     ]
+
+
+def test_a_signal_taken_by_another_thread_waits_for_the_end_of_signals_held():
+    """The CI failure this guards: SIGTERM arrived while the pool spawned a worker. The main thread had the signal
+    blocked, but torch's own thread did not, took it, and CPython ran the raising handler in the main thread anyway,
+    cutting the pipe to the half-started worker (``EOFError`` in ``spawn_main``). A thread started before the block
+    plays torch's thread here: it is the only one that can take the signal."""
+    from nemo_smartpt.reasoning.outputs import Interrupted, signals_as_interrupts, signals_held
+
+    ready, sent = threading.Event(), threading.Event()
+
+    def other_thread():
+        ready.wait()
+        os.kill(os.getpid(), signal.SIGTERM)  # process-directed, as from `timeout` or Slurm
+        sent.set()
+
+    inside_finished = False
+    helper = threading.Thread(target=other_thread)
+    helper.start()  # before the block, so its mask is the default one: it may take the signal
+    with signals_as_interrupts(), pytest.raises(Interrupted) as raised:
+        with signals_held():
+            ready.set()
+            assert sent.wait(10)
+            for _ in range(200):  # bytecode boundaries and sleeps, where a pending Python handler would run
+                time.sleep(0.001)
+            inside_finished = True
+    helper.join()
+    assert inside_finished
+    assert raised.value.signum == signal.SIGTERM
