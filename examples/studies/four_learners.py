@@ -27,12 +27,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from nemo_smartpt.world.recipe import RLP_OVERRIDES, WorldRecipe
+
 HERE = Path(__file__).resolve().parent
-# A world thought is ~30 tokens; a scoring row (context + <think> + thought + </think> + x_t) fits 128 positions:
-# 72 + 1 + 40 + 1 + 1. rlp.lr: the paper's 1e-6 suits a pretrained 1.7B model and moves a million-parameter model
-# nowhere in a few dozen steps; 1e-3 (the first study) drove thoughts to the length cap. Both fixed before any run,
-# the same in every seed.
-RLP = ["rlp.num_rollouts=4", "rlp.max_thought_tokens=40", "rlp.max_context=72", "rlp.min_context=8", "rlp.lr=3e-4"]
+# Hopper's RLP settings and every run's model and schedule: nemo_smartpt.world.recipe (shared with `smartpt demo`).
+RLP = RLP_OVERRIDES
 ARMS = {
     "pascal": ["+experiment=pascal"],
     "random_order": ["+experiment=volta", "data.arm=random_order"],
@@ -50,18 +49,21 @@ COMPARISONS = [  # (metric, arm, baseline): stated in README.md before any run
 ]
 
 
+RECIPE_FLAGS = ("seq_length", "global_batch_size", "micro_batch_size", "hidden_size", "num_layers", "heads",
+                "position_embedding", "lr", "min_lr_ratio", "warmup")  # fmt: skip
+
+
+def recipe_of(args) -> WorldRecipe:
+    return WorldRecipe(**{k: getattr(args, k) for k in RECIPE_FLAGS})
+
+
 def run_one(arm: str, seed: int, args, catalog: Path) -> dict:
     out = Path(args.out) / f"{arm}-seed{seed}"
     cmd = [
         sys.executable, "-m", "nemo_smartpt", "train", *ARMS[arm],
         f"seed={seed}", f"out_dir={out}",
         f"data.catalog={catalog}", f"data.tokenizer={catalog.parent / 'tokenizer'}",
-        f"train.train_iters={args.iters}", f"model.seq_length={args.seq_length}",
-        f"train.global_batch_size={args.global_batch_size}", f"train.micro_batch_size={args.micro_batch_size}",
-        f"model.hidden_size={args.hidden_size}", f"model.ffn_hidden_size={4 * args.hidden_size}",
-        f"model.num_layers={args.num_layers}", f"model.num_attention_heads={args.heads}",
-        f"model.position_embedding_type={args.position_embedding}", f"optimizer.lr={args.lr}", f"optimizer.min_lr={args.lr * args.min_lr_ratio}",
-        "scheduler.lr_decay_style=cosine", f"scheduler.lr_warmup_iters={args.warmup}",
+        *recipe_of(args).overrides(args.iters),
         *([f"schedule.rlp_steps={args.rlp_steps}"] if arm.startswith("hopper") else []),
         *args.extra,
     ]  # fmt: skip
@@ -205,19 +207,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--iters", type=int, default=380)
-    parser.add_argument("--seq-length", type=int, default=128)
-    parser.add_argument("--global-batch-size", type=int, default=16)
-    parser.add_argument("--micro-batch-size", type=int, default=16)
-    parser.add_argument("--hidden-size", type=int, default=128)
-    parser.add_argument("--num-layers", type=int, default=2)
-    parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument(
-        "--position-embedding", default="rope", help="rope or learned_absolute (see README: copying needs rope here)"
-    )
+    base = WorldRecipe()  # the model and schedule flags default to the shared recipe
+    for flag in RECIPE_FLAGS:
+        parser.add_argument(f"--{flag.replace('_', '-')}", type=type(getattr(base, flag)), default=getattr(base, flag))
     parser.add_argument("--rlp-steps", type=int, default=12, help="Hopper's RLP steps (the last of --iters)")
-    parser.add_argument("--lr", type=float, default=5e-3, help="peak learning rate of the next-token steps")
-    parser.add_argument("--min-lr-ratio", type=float, default=0.1, help="cosine decay to lr x this at the last step")
-    parser.add_argument("--warmup", type=int, default=30, help="linear warm-up steps")
     parser.add_argument("--jobs", type=int, default=2, help="runs side by side (each with OMP_NUM_THREADS=1)")
     parser.add_argument("--quick", action="store_true", help="one seed, 80 steps (4 RLP): a smoke test")
     parser.add_argument("--out", default="runs/study")
@@ -241,22 +234,8 @@ def main() -> int:
         write_outputs(summary, json.loads((results / "runs.json").read_text()), results)
         return 0
     command = "python examples/studies/four_learners.py " + " ".join(sys.argv[1:])
-    keys = (
-        "seeds",
-        "iters",
-        "global_batch_size",
-        "seq_length",
-        "hidden_size",
-        "num_layers",
-        "heads",
-        "position_embedding",
-        "rlp_steps",
-        "lr",
-        "min_lr_ratio",
-        "warmup",
-        "jobs",
-    )
-    settings = {k: getattr(args, k) for k in keys}
+    keys = ("seeds", "iters", *RECIPE_FLAGS, "rlp_steps", "jobs")
+    settings = {k: getattr(args, k) for k in keys} | {"rlp": RLP}
     started_file = Path(args.out) / "study_started.json"
     if args.summarise_partial:
         start = json.loads(started_file.read_text())
@@ -275,7 +254,8 @@ def main() -> int:
     Path(args.out).mkdir(parents=True, exist_ok=True)
     started_file.write_text(json.dumps({"time": started, "command": command, "settings": settings}))
     catalog = ensure_world(args.world_dir)
-    jobs = [(arm, seed) for seed in args.seeds for arm in args.arms]
+    # Hopper's runs first: they take twice as long (RLP steps), and one started last would leave a core idle.
+    jobs = sorted(((arm, seed) for seed in args.seeds for arm in args.arms), key=lambda job: job[0] != "hopper")
 
     partial = Path(args.out) / "runs.partial.jsonl"  # every finished run, as it finishes (a cut study keeps them)
     partial.parent.mkdir(parents=True, exist_ok=True)
@@ -293,7 +273,7 @@ def main() -> int:
         return row
 
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:  # each run is its own process; threads only wait
-        runs = list(pool.map(one, jobs))
+        runs = sorted(pool.map(one, jobs), key=lambda r: (r["seed"], list(ARMS).index(r["arm"])))
     wall = time.time() - started
     summary = summarise(runs, command, wall, settings)
     write_outputs(summary, runs, results)

@@ -47,7 +47,10 @@ MAX_EPOCHS = {
 }
 """Epoch caps: small clean sources may repeat, noisy crawl may not (the pattern of arXiv 2412.15285)."""
 SFT_FRACTION = 0.25
-REASONING_SHARE = 0.2  # front-loaded reasoning: 20% of the phase it goes into (arXiv 2510.03264)
+REASONING_SHARE = 0.2
+"""Front-loaded reasoning at the paper's 80/20 mix (arXiv 2510.03264), in every phase. The paper's revision puts it in
+the last 40% of training only; in the world that gave a model ~1.3 passes over the problems in 380 steps and 0.1 on
+held-out problems, against 0.67 with the same share in both phases (probes, study README, round 3)."""
 WORLD_TASKS = ("world_knowledge", "world_reasoning")
 """The reported tasks; ``*_dev`` twins exist for design decisions."""
 
@@ -157,7 +160,7 @@ def ensure_world(directory: str | Path, spec: WorldSpec | None = None, quiet: bo
         entry = {"name": name, "prefix": f"indexed/{name}", "quality": quality, "category": category}
         entry["max_epochs"] = MAX_EPOCHS[name]
         if reasoning:
-            entry.update(target_share=REASONING_SHARE, phases=["phase2"])
+            entry["target_share"] = REASONING_SHARE
         sources.append(entry)
     header = (
         "# The world of nemo_smartpt (nemo_smartpt/world): generated from a seed, tokenized with its own BPE\n"
