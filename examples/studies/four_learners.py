@@ -116,6 +116,14 @@ def bootstrap(runs_by_arm: dict[str, list[dict]], metric: str, arms: list[str], 
     return {"mean": point, "ci95": (high - low) / 2, "low": low, "high": high, "n": len(seeds), "items": items}
 
 
+def with_reused(runs: list[dict], earlier: list[dict], arms: list[str], seeds: list[int]):
+    """``(all runs, reused runs)``: this invocation's runs plus an earlier study's runs of the other arms (same
+    seeds), in table order."""
+    reused = [r for r in earlier if r["arm"] not in arms and r["seed"] in seeds]
+    merged = sorted(runs + reused, key=lambda r: (r["seed"], list(ARMS).index(r["arm"])))
+    return merged, reused
+
+
 def summarise(runs: list[dict], command: str, wall: float, settings: dict) -> dict:
     by_arm: dict[str, list[dict]] = {}
     for r in runs:
@@ -149,6 +157,14 @@ def write_outputs(summary: dict, runs: list[dict], results: Path) -> None:
                 "each arm is summarised over the seeds it finished, each comparison over the seeds both arms finished."
             ]
             if summary.get("complete") is False
+            else []
+        ),
+        *(
+            [
+                f"Reused from `{summary['reused']['from']}` (an earlier invocation; not rerun): "
+                f"{', '.join(summary['reused']['arms'])}, {summary['reused']['run_seconds']:.0f} s of runs."
+            ]
+            if summary.get("reused")
             else []
         ),
         "",
@@ -224,6 +240,12 @@ def main() -> int:
         action="store_true",
         help="summarise the runs a cut study finished (<out>/runs.partial.jsonl), marked as incomplete",
     )
+    parser.add_argument(
+        "--reuse",
+        metavar="RUNS_JSON",
+        help="take the runs of the arms not in --arms from this runs.json (an earlier study's), to rerun some arms "
+        "only; summary.json and table.md say which runs were reused",
+    )
     args = parser.parse_args()
     if args.quick:
         args.seeds, args.iters, args.rlp_steps = args.seeds[:1], 80, 4
@@ -275,7 +297,16 @@ def main() -> int:
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:  # each run is its own process; threads only wait
         runs = sorted(pool.map(one, jobs), key=lambda r: (r["seed"], list(ARMS).index(r["arm"])))
     wall = time.time() - started
+    reused = []
+    if args.reuse:
+        runs, reused = with_reused(runs, json.loads(Path(args.reuse).read_text()), args.arms, args.seeds)
     summary = summarise(runs, command, wall, settings)
+    if reused:
+        summary["reused"] = {
+            "from": args.reuse,
+            "arms": sorted({r["arm"] for r in reused}, key=list(ARMS).index),
+            "run_seconds": round(sum(r["seconds"] for r in reused), 1),
+        }
     write_outputs(summary, runs, results)
     return 0
 

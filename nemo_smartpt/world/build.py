@@ -49,8 +49,8 @@ MAX_EPOCHS = {
 SFT_FRACTION = 0.25
 REASONING_SHARE = 0.2
 """Front-loaded reasoning at the paper's 80/20 mix (arXiv 2510.03264), in every phase. The paper's revision puts it in
-the last 40% of training only; in the world that gave a model ~1.3 passes over the problems in 380 steps and 0.1 on
-held-out problems, against 0.67 with the same share in both phases (probes, study README, round 3)."""
+the last 40% of training only; in the world that gave a model 2.1 passes over the problems in 380 steps and ~0.1 on
+held-out problems, against 0.67 with the same share in both phases (4.9 passes; probes, study README, round 3)."""
 WORLD_TASKS = ("world_knowledge", "world_reasoning")
 """The reported tasks; ``*_dev`` twins exist for design decisions."""
 

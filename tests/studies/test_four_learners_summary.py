@@ -115,3 +115,24 @@ def test_a_cut_study_is_summarised_from_its_finished_runs_and_marked_incomplete(
     assert vs_pascal["n"] == 1  # volta finished only seed 1: the pair has one seed
     assert summary["arms"]["volta"]["knowledge"]["n"] == 1
     assert "**Incomplete**: 7 of 18 runs finished (study cut)" in (tmp_path / "res" / "table.md").read_text()
+
+
+def test_rerunning_one_arm_reuses_the_other_arms_of_the_earlier_study_and_says_so(study, tmp_path):
+    earlier = _runs(items=10)
+    rerun = [dict(r, knowledge=[0.0] * 10, seconds=5.0) for r in earlier if r["arm"] == "hopper"]
+    for r in earlier:
+        r["seconds"] = 100.0
+    merged, reused = study.with_reused(rerun, earlier, ["hopper"], [1, 2, 3])
+    assert len(merged) == 18 and len(reused) == 15
+    assert [(r["seed"], r["arm"]) for r in merged] == [(r["seed"], r["arm"]) for r in earlier]  # table order
+    assert all(r["knowledge"] == [0.0] * 10 for r in merged if r["arm"] == "hopper")  # the new hopper runs
+    assert not any(r["arm"] == "hopper" for r in reused)
+    only_seed_1, _ = study.with_reused(rerun[:1], earlier, ["hopper"], [1])
+    assert {r["seed"] for r in only_seed_1} == {1} and len(only_seed_1) == 6
+    summary = study.summarise(merged, "c --arms hopper --reuse r.json", 1.0, {"iters": 1})
+    summary["reused"] = {"from": "r.json", "arms": ["pascal"], "run_seconds": 1500.0}
+    study.write_outputs(summary, merged, tmp_path)
+    assert (
+        "Reused from `r.json` (an earlier invocation; not rerun): pascal, 1500 s of runs."
+        in (tmp_path / "table.md").read_text()
+    )
