@@ -88,6 +88,8 @@ def _worker(ref, rank: int, world_size: int, port: int, sys_path: list[str], res
     os.environ.update(
         MASTER_ADDR="127.0.0.1",
         MASTER_PORT=str(port),
+        # The parent serves the rendezvous store on MASTER_PORT (run_distributed); every rank is its client.
+        TORCHELASTIC_USE_AGENT_STORE="True",
         RANK=str(rank),
         LOCAL_RANK=str(rank),
         WORLD_SIZE=str(world_size),
@@ -132,9 +134,15 @@ def run_distributed(fn: Callable, world_size: int, *args: Any, timeout: float = 
     Raises:
         DistributedTestError: a rank raised (its traceback is in the message), died, or timed out.
     """
+    import torch.distributed
+
     ctx = mp.get_context("spawn")
     result_dir = tempfile.mkdtemp(prefix="run_distributed-")
-    port = free_port()
+    # The rendezvous store is served from here, on a port the OS assigns as it binds, as torchrun's agent does. A port
+    # picked by free_port() and bound by rank 0 seconds later (after its imports) could be taken in between by any
+    # other test's connection; this one is held from the start.
+    store = torch.distributed.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+    port = store.port
     procs = [
         ctx.Process(
             target=_worker,
@@ -179,6 +187,7 @@ def run_distributed(fn: Callable, world_size: int, *args: Any, timeout: float = 
                 proc.kill()
                 proc.join()
         shutil.rmtree(result_dir, ignore_errors=True)
+        del store
     errors = {rank: value for rank, (status, value) in outcome.items() if status == "error"}
     if errors:
         text = "\n".join(f"--- rank {rank} ---\n{tb}" for rank, tb in sorted(errors.items()))
