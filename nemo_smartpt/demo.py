@@ -2,7 +2,7 @@
 
 It runs the whole story on the world (a synthetic universe the project generates from a seed; see
 :mod:`nemo_smartpt.world`): generate its sources, train its tokenizer, prepare every source into Megatron indexed
-datasets (reasoning with a disjoint SFT split), plan a two-phase blend with reasoning injected into phase 2, train a
+datasets (reasoning with a disjoint SFT split), plan a two-phase blend with reasoning injected into both phases, train a
 small megatron-core GPT through Megatron-Bridge's ``pretrain()`` across the phase switch, continue with RLP steps,
 evaluate the held-out tasks with lm-evaluation-harness through the ``smartpt`` adapter, and write ``report.md`` with
 plots. It is exactly ``smartpt train +experiment=hopper data.catalog=<world>/catalog.yaml
