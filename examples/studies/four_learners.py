@@ -257,7 +257,7 @@ def main() -> int:
         return 0
     command = "python examples/studies/four_learners.py " + " ".join(sys.argv[1:])
     keys = ("seeds", "iters", *RECIPE_FLAGS, "rlp_steps", "jobs")
-    settings = {k: getattr(args, k) for k in keys} | {"rlp": RLP}
+    settings = {k: getattr(args, k) for k in keys} | {"rlp": RLP, "extra": args.extra}
     started_file = Path(args.out) / "study_started.json"
     if args.summarise_partial:
         start = json.loads(started_file.read_text())
