@@ -155,7 +155,7 @@ def _build(config, cfg: TrainConfig, save_interval: int | None, fit_rlp_context:
     # The schedule, and the RLP row check with it (RLP rows must fit the model before anything trains).
     layout = None
     if cfg.schedule.rlp_steps:
-        from nemo_smartpt.rlp.megatron.callbacks import layout_from_tokenizer
+        from nemo_smartpt.rlp.prompt import layout_from_tokenizer
 
         layout = layout_from_tokenizer(cfg.rlp, lambda text: tokenizer.encode_batch([text])[0], pad_id=tokenizer.eod)
         note = preflight.fit_rlp_context(cfg.rlp, layout, config, may_change=fit_rlp_context)

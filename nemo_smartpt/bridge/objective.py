@@ -54,7 +54,8 @@ def build_objective(run):
     callbacks = []
     extra = []
     if run.schedule["rlp_steps"]:
-        from nemo_smartpt.rlp.megatron.callbacks import build_rlp_training, layout_from_tokenizer
+        from nemo_smartpt.rlp.megatron.callbacks import build_rlp_training
+        from nemo_smartpt.rlp.prompt import layout_from_tokenizer
 
         tokenizer = run.tokenizer
         layout = layout_from_tokenizer(

@@ -19,9 +19,13 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from nemo_smartpt.rlp.config import RLPConfig
 
 DEFAULT_THOUGHT_PROMPT = (
     "You are a continuation-and-reasoning assistant. You receive the prefix of a context, problem, solution, or "
@@ -257,3 +261,16 @@ def build_baseline_sequence(layout: ThoughtLayout, context_ids: Sequence[int], t
         raise ValueError("baseline sequence needs a non-empty context (or a prompt)")
     seq = prefix + [target_id]
     return BaselineSequence(input_ids=seq[:-1], labels=seq[1:], predict_index=len(seq) - 2)
+
+
+def layout_from_tokenizer(cfg: RLPConfig, tokenize, pad_id: int = 0) -> ThoughtLayout:
+    """A :class:`ThoughtLayout` from a text tokenizer function ``str -> list[int]`` and the config's strings."""
+    prompt = render_thought_prompt(cfg.thought_prompt, cfg.think_open, cfg.think_close)
+    return ThoughtLayout(
+        prompt_ids=tuple(tokenize(prompt)) if prompt else (),
+        think_open_ids=tuple(tokenize(cfg.think_open)),
+        think_close_ids=tuple(tokenize(cfg.think_close)),
+        pad_id=pad_id,
+        baseline_sees_prompt=cfg.baseline_sees_prompt,
+        truncation=cfg.truncation,
+    )

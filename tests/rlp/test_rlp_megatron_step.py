@@ -293,8 +293,7 @@ def test_refuses_context_parallelism_and_overlapped_param_gather():
 
 
 def test_baseline_sees_no_prompt_by_default():
-    from nemo_smartpt.rlp.megatron.callbacks import layout_from_tokenizer
-    from nemo_smartpt.rlp.prompt import build_baseline_sequence
+    from nemo_smartpt.rlp.prompt import build_baseline_sequence, layout_from_tokenizer
 
     cfg = RLPConfig()
     assert cfg.baseline_sees_prompt is False  # the talk: the no-think baseline gets the context without the prompt

@@ -374,7 +374,7 @@ def build_rlp_training(
 
     Args:
         cfg: RLP config (validated here).
-        layout: token ids of the thought prompt and tags (see :func:`layout_from_tokenizer`).
+        layout: token ids of the thought prompt and tags (see :func:`nemo_smartpt.rlp.prompt.layout_from_tokenizer`).
         eod_id: the tokenizer's end-of-document id (separates packed documents).
         run_dir: where ``metrics.jsonl`` is appended (None: print and tensorboard only).
         flops_spec: model size for FLOP metrics (None: derived from the model at train start).
@@ -393,18 +393,3 @@ def build_rlp_training(
         cfg, layout, eod_id, ema, counters, preparer, run_dir=run_dir, flops_spec=flops_spec, start_step=start_step
     )
     return RLPForwardStep(run), [_make_callback_class()(run)]
-
-
-def layout_from_tokenizer(cfg: RLPConfig, tokenize, pad_id: int = 0) -> ThoughtLayout:
-    """A :class:`ThoughtLayout` from a text tokenizer function ``str -> list[int]`` and the config's strings."""
-    from nemo_smartpt.rlp.prompt import render_thought_prompt
-
-    prompt = render_thought_prompt(cfg.thought_prompt, cfg.think_open, cfg.think_close)
-    return ThoughtLayout(
-        prompt_ids=tuple(tokenize(prompt)) if prompt else (),
-        think_open_ids=tuple(tokenize(cfg.think_open)),
-        think_close_ids=tuple(tokenize(cfg.think_close)),
-        pad_id=pad_id,
-        baseline_sees_prompt=cfg.baseline_sees_prompt,
-        truncation=cfg.truncation,
-    )
