@@ -116,11 +116,16 @@ def bootstrap(runs_by_arm: dict[str, list[dict]], metric: str, arms: list[str], 
     return {"mean": point, "ci95": (high - low) / 2, "low": low, "high": high, "n": len(seeds), "items": items}
 
 
+def table_order(run: dict) -> tuple[int, int]:
+    """Sort key of a run in the study's files: by seed, then in the order of ``ARMS``."""
+    return run["seed"], list(ARMS).index(run["arm"])
+
+
 def with_reused(runs: list[dict], earlier: list[dict], arms: list[str], seeds: list[int]):
     """``(all runs, reused runs)``: this invocation's runs plus an earlier study's runs of the other arms (same
     seeds), in table order."""
     reused = [r for r in earlier if r["arm"] not in arms and r["seed"] in seeds]
-    merged = sorted(runs + reused, key=lambda r: (r["seed"], list(ARMS).index(r["arm"])))
+    merged = sorted(runs + reused, key=table_order)
     return merged, reused
 
 
@@ -262,7 +267,7 @@ def main() -> int:
     if args.summarise_partial:
         start = json.loads(started_file.read_text())
         lines = (Path(args.out) / "runs.partial.jsonl").read_text().splitlines()
-        finished = sorted((json.loads(line) for line in lines), key=lambda r: (r["seed"], list(ARMS).index(r["arm"])))
+        finished = sorted((json.loads(line) for line in lines), key=table_order)
         # Every finished run counts; comparisons pair the seeds both arms finished (bootstrap()).
         runs = finished
         summary = summarise(runs, start["command"], time.time() - start["time"], start["settings"])
@@ -295,7 +300,7 @@ def main() -> int:
         return row
 
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:  # each run is its own process; threads only wait
-        runs = sorted(pool.map(one, jobs), key=lambda r: (r["seed"], list(ARMS).index(r["arm"])))
+        runs = sorted(pool.map(one, jobs), key=table_order)
     wall = time.time() - started
     reused = []
     if args.reuse:

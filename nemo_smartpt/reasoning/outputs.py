@@ -151,18 +151,21 @@ class AtomicOutputs:
                 os.remove(path)
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+"""What Ctrl-C, ``timeout``/Slurm/``docker stop`` and a closed terminal send: each stops a run cleanly."""
+
+
 @contextlib.contextmanager
 def signals_as_interrupts() -> Iterator[None]:
     """Within the block, SIGTERM and SIGHUP raise :class:`Interrupted` like SIGINT does (main thread only)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    wanted = [signal.SIGINT, signal.SIGTERM, signal.SIGHUP]
 
     def handler(signum, frame):
         raise Interrupted(signum)
 
-    previous = {s: signal.signal(s, handler) for s in wanted}
+    previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
     try:
         yield
     finally:
@@ -182,13 +185,12 @@ def signals_held() -> Iterator[None]:
     recorders too. The mask stays as well: spawned children inherit it, so a Ctrl-C to the process group cannot
     reach a worker before its initializer decides what to do with it.
     """
-    wanted = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     arrived: list[int] = []
-    previous_handlers = {s: signal.signal(s, lambda signum, frame: arrived.append(signum)) for s in wanted}
-    previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, wanted)
+    previous_handlers = {s: signal.signal(s, lambda signum, frame: arrived.append(signum)) for s in STOP_SIGNALS}
+    previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
         yield
     finally:
@@ -207,4 +209,4 @@ def quiet_worker_signals() -> None:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     # The parent starts the pool with these blocked (see signals_held) and a spawned child inherits the mask.
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)

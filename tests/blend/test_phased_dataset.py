@@ -28,6 +28,7 @@ from nemo_smartpt.blend.phased_spec import (
     phases_from_plan,
     round_half_up,
 )
+from nemo_smartpt.testing.distributed import free_port
 
 SEQ = 16
 GBS = 4
@@ -381,14 +382,6 @@ def _rank_worker(rank: int, port: int, sources: list, cache: str, out: str) -> N
         torch.distributed.barrier()
     finally:
         torch.distributed.destroy_process_group()
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.mark.distributed
