@@ -121,6 +121,19 @@ def table_order(run: dict) -> tuple[int, int]:
     return run["seed"], list(ARMS).index(run["arm"])
 
 
+def read_runs(path: Path) -> list[dict]:
+    """An earlier study's ``runs.json``; a missing or malformed file stops the study with its name."""
+    try:
+        runs = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"--reuse {path}: cannot read a runs.json ({exc})") from None
+    if not isinstance(runs, list) or not all(
+        isinstance(r, dict) and {"arm", "seed", "seconds"} <= r.keys() for r in runs
+    ):
+        raise SystemExit(f"--reuse {path}: not a study's runs.json (a list of runs with arm, seed and seconds)")
+    return runs
+
+
 def with_reused(runs: list[dict], earlier: list[dict], arms: list[str], seeds: list[int]):
     """``(all runs, reused runs)``: this invocation's runs plus an earlier study's runs of the other arms (same
     seeds), in table order."""
@@ -275,6 +288,7 @@ def main() -> int:
         summary.update(complete=False, runs_finished=len(finished), runs_summarised=len(runs), runs_planned=planned)
         write_outputs(summary, runs, results)
         return 0
+    earlier = read_runs(Path(args.reuse)) if args.reuse else None  # checked before any training, not after it
     from nemo_smartpt.world.build import ensure_world
 
     started = time.time()
@@ -303,8 +317,8 @@ def main() -> int:
         runs = sorted(pool.map(one, jobs), key=table_order)
     wall = time.time() - started
     reused = []
-    if args.reuse:
-        runs, reused = with_reused(runs, json.loads(Path(args.reuse).read_text()), args.arms, args.seeds)
+    if earlier is not None:
+        runs, reused = with_reused(runs, earlier, args.arms, args.seeds)
     summary = summarise(runs, command, wall, settings)
     if reused:
         summary["reused"] = {

@@ -136,3 +136,20 @@ def test_rerunning_one_arm_reuses_the_other_arms_of_the_earlier_study_and_says_s
         "Reused from `r.json` (an earlier invocation; not rerun): pascal, 1500 s of runs."
         in (tmp_path / "table.md").read_text()
     )
+
+
+@pytest.mark.parametrize("content", [None, "{not json", '[{"arm": "pascal"}]'])
+def test_a_bad_reuse_file_stops_the_study_before_any_training_and_names_the_file(tmp_path, content):
+    path = tmp_path / "runs.json"
+    if content is not None:
+        path.write_text(content)
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--arms", "hopper", "--reuse", str(path), "--out", str(out),
+         "--world-dir", str(tmp_path / "world"), "--results", str(tmp_path / "res")],
+        capture_output=True,
+        text=True,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert f"--reuse {path}: " in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "world").exists() and not (tmp_path / "res").exists()  # no world built, nothing written
