@@ -83,8 +83,14 @@ def _write_result(result_dir: str, rank: int, status: str, value: Any) -> None:
     os.replace(partial, final)
 
 
-def _worker(ref, rank: int, world_size: int, port: int, sys_path: list[str], result_dir: str, args, kwargs) -> None:
+def _worker(
+    ref, rank: int, world_size: int, port: int, sys_path: list[str], env: dict, cwd: str, result_dir: str, args, kwargs
+) -> None:
+    # A fork of the forkserver has the server's environment, directory and path: take the caller's, as spawn did.
     sys.path[:] = sys_path
+    os.environ.clear()
+    os.environ.update(env)
+    os.chdir(cwd)
     os.environ.update(
         MASTER_ADDR="127.0.0.1",
         MASTER_PORT=str(port),
@@ -119,6 +125,21 @@ def _worker(ref, rank: int, world_size: int, port: int, sys_path: list[str], res
             torch.distributed.destroy_process_group()
 
 
+# Imported by the forkserver before it forks any rank (see rank_preload.py).
+_PRELOAD = ["nemo_smartpt.testing.rank_preload"]
+
+
+def _context() -> mp.context.BaseContext:
+    """Ranks are forked from a forkserver that has already imported megatron (once per test process), not spawned.
+
+    The server is a fresh interpreter started on the first call: it imports :data:`_PRELOAD`, runs nothing else, and
+    holds no threads, process group or test state, so each rank still starts clean, as a spawned one did.
+    """
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(_PRELOAD)
+    return ctx
+
+
 def _read_result(result_dir: str, rank: int) -> tuple[str, Any] | None:
     import torch
 
@@ -136,7 +157,7 @@ def run_distributed(fn: Callable, world_size: int, *args: Any, timeout: float = 
     """
     import torch.distributed
 
-    ctx = mp.get_context("spawn")
+    ctx = _context()
     result_dir = tempfile.mkdtemp(prefix="run_distributed-")
     # The rendezvous store is served from here, on a port the OS assigns as it binds, as torchrun's agent does. A port
     # picked by free_port() and bound by rank 0 seconds later (after its imports) could be taken in between by any
@@ -146,7 +167,18 @@ def run_distributed(fn: Callable, world_size: int, *args: Any, timeout: float = 
     procs = [
         ctx.Process(
             target=_worker,
-            args=(_function_ref(fn), rank, world_size, port, list(sys.path), result_dir, args, kwargs),
+            args=(
+                _function_ref(fn),
+                rank,
+                world_size,
+                port,
+                list(sys.path),
+                dict(os.environ),
+                os.getcwd(),
+                result_dir,
+                args,
+                kwargs,
+            ),
             daemon=False,
         )
         for rank in range(world_size)
