@@ -31,6 +31,21 @@ def smartpt(*args: str, timeout: int = 3600) -> subprocess.CompletedProcess:
     )
 
 
+def smartpt_here(capsys, *args: str) -> subprocess.CompletedProcess:
+    """``smartpt train ARGS`` through ``main()`` in this process, for commands that print and exit without training
+    (``--cfg job``, refused overrides): the same code as the subprocess, without a fresh ~20 s Megatron import each.
+    Exits as ``python -m nemo_smartpt`` does (``sys.exit(main())``); the output is what the command printed."""
+    from nemo_smartpt.cli import main
+
+    capsys.readouterr()
+    try:
+        code = main(["train", *args])
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(["smartpt", "train", *args], code, out, err)
+
+
 def metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
@@ -59,18 +74,20 @@ def test_volta_switches_phase_at_the_planned_sample_and_logs_loss_per_phase(tmp_
     assert records[-1]["lm_loss"] < records[0]["lm_loss"]
 
 
-def test_presets_and_bridge_overrides_resolve(bundled):
-    result = smartpt("+experiment=pascal", "train.train_iters=7", f"data.bundled_dir={bundled}", "--cfg", "job")
+def test_presets_and_bridge_overrides_resolve(bundled, capsys):
+    result = smartpt_here(
+        capsys, "+experiment=pascal", "train.train_iters=7", f"data.bundled_dir={bundled}", "--cfg", "job"
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "experiment: pascal" in result.stdout and "arm: natural" in result.stdout
     assert "reasoning: false" in result.stdout
     assert "train_iters: 7" in result.stdout
 
 
-def test_flop_matched_baseline_trains_more_next_token_steps_than_rlp_steps(bundled):
+def test_flop_matched_baseline_trains_more_next_token_steps_than_rlp_steps(bundled, capsys):
     args = ["+experiment=hopper", "schedule.rlp_steps=3", "train.train_iters=10", f"data.bundled_dir={bundled}"]
-    token = smartpt(*args, "schedule.rlp_baseline=token_matched", "--cfg", "job")
-    flop = smartpt(*args, "schedule.rlp_baseline=flop_matched", "--cfg", "job")
+    token = smartpt_here(capsys, *args, "schedule.rlp_baseline=token_matched", "--cfg", "job")
+    flop = smartpt_here(capsys, *args, "schedule.rlp_baseline=flop_matched", "--cfg", "job")
     assert token.returncode == 0 and flop.returncode == 0, flop.stderr[-2000:]
     schedule = lambda out: json.loads(out.split("# schedule: ")[1].splitlines()[0])  # noqa: E731
     token_s, flop_s = schedule(token.stdout), schedule(flop.stdout)
@@ -78,10 +95,10 @@ def test_flop_matched_baseline_trains_more_next_token_steps_than_rlp_steps(bundl
     assert flop_s["rlp_steps"] == 0 and flop_s["matched_ntp_steps"] > 3
 
 
-def test_unknown_keys_fail_with_the_parsers_message():
-    ours = smartpt("data.no_such=1")
+def test_unknown_keys_fail_with_the_parsers_message(capsys):
+    ours = smartpt_here(capsys, "data.no_such=1")
     assert ours.returncode == 2 and "unknown key 'data.no_such'" in ours.stderr
-    theirs = smartpt("train.no_such_field=1", "--cfg", "job")
+    theirs = smartpt_here(capsys, "train.no_such_field=1", "--cfg", "job")
     assert theirs.returncode == 2 and "no_such_field" in theirs.stderr
 
 
