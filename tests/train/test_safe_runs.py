@@ -25,7 +25,9 @@ def files_of(directory: Path) -> dict[str, tuple[int, int]]:
 
 
 @pytest.mark.slow
-def test_hopper_at_its_defaults_trains_to_the_end_then_says_complete_and_guards_its_directory(tmp_path, bundled):
+def test_hopper_at_its_defaults_trains_to_the_end_then_says_complete_and_guards_its_directory(
+    tmp_path, bundled, monkeypatch, capsys
+):
     """``smartpt train +experiment=hopper`` at its defaults (seq 64; the preset's rlp.max_context=96 does not fit):
     rlp.max_context is fitted and said so, the run goes to the last RLP step in ``runs/hopper``, checkpoints at the
     default interval (half the run) and keeps them; the same command then says the run is complete; volta pointed at
@@ -40,17 +42,22 @@ def test_hopper_at_its_defaults_trains_to_the_end_then_says_complete_and_guards_
     assert all("rlp_reward_mean" in r for r in records[6:]) and not any("rlp_reward_mean" in r for r in records[:6])
     assert sorted(p.name for p in (run / "checkpoints").glob("iter_*")) == ["iter_0000005", "iter_0000010"]
 
-    again = smartpt_train("+experiment=hopper", bundled_arg, cwd=tmp_path)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert "run complete at step 10 (runs/hopper)" in again.stdout
+    # The two commands that stop before training run smartpt's main() in this process (one Megatron import).
+    from nemo_smartpt.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert main(["train", "+experiment=hopper", bundled_arg]) == 0
+    again = capsys.readouterr()
+    assert "run complete at step 10 (runs/hopper)" in again.out, again.err[-3000:]
 
     before = files_of(run)
-    wrong = smartpt_train("+experiment=volta", "out_dir=runs/hopper", bundled_arg, cwd=tmp_path)
-    assert wrong.returncode == 2
+    assert main(["train", "+experiment=volta", "out_dir=runs/hopper", bundled_arg]) == 2
+    wrong = capsys.readouterr()
     # Megatron's import warnings go to stderr before it; the command's own error is one line, and the last.
-    err = wrong.stderr.strip().splitlines()
+    err = wrong.err.strip().splitlines()
     message = [line for line in err if line.startswith("smartpt train:")]
-    assert len(message) == 1 and err[-1] == message[0], wrong.stderr[-3000:]
+    assert len(message) == 1 and err[-1] == message[0], wrong.err[-3000:]
     assert "runs/hopper holds a run started with other settings" in message[0]
     assert "experiment (" in message[0] and "resume.allow_changes=[" in message[0]
     after = files_of(run)
