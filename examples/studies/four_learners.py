@@ -40,6 +40,11 @@ ARMS = {
     "hopper": ["+experiment=hopper", *RLP],
     "hopper_token_matched": ["+experiment=hopper", *RLP, "schedule.rlp_baseline=token_matched"],
 }
+TRAINS_AS = {"hopper_token_matched": "ampere"}
+"""Arms whose run is another arm's, step for step. Hopper's token-matched baseline replaces its RLP steps by next-token
+steps over the same documents: with the same total steps that is Ampere's run (study 2 ran both: equal item for
+item, in every seed). The study checks it before reusing the run (:func:`same_training` on both commands' resolved
+configurations), and runs the arm itself if they differ (other ``--extra`` settings, say)."""
 METRICS = {"knowledge": ("world_knowledge", "acc"), "reasoning": ("world_reasoning", "exact_match")}
 COMPARISONS = [  # (metric, arm, baseline): stated in README.md before any run
     ("knowledge", "volta", "pascal"),
@@ -57,9 +62,8 @@ def recipe_of(args) -> WorldRecipe:
     return WorldRecipe(**{k: getattr(args, k) for k in RECIPE_FLAGS})
 
 
-def run_one(arm: str, seed: int, args, catalog: Path) -> dict:
-    out = Path(args.out) / f"{arm}-seed{seed}"
-    cmd = [
+def train_command(arm: str, seed: int, args, catalog: Path, out: Path) -> list[str]:
+    return [
         sys.executable, "-m", "nemo_smartpt", "train", *ARMS[arm],
         f"seed={seed}", f"out_dir={out}",
         f"data.catalog={catalog}", f"data.tokenizer={catalog.parent / 'tokenizer'}",
@@ -67,6 +71,59 @@ def run_one(arm: str, seed: int, args, catalog: Path) -> dict:
         *([f"schedule.rlp_steps={args.rlp_steps}"] if arm.startswith("hopper") else []),
         *args.extra,
     ]  # fmt: skip
+
+
+def resolved_job(arm: str, seed: int, args, catalog: Path) -> dict:
+    """``smartpt train --cfg job`` of an arm's command (nothing trains): Bridge's container, our settings under
+    ``smartpt`` and the resolved step schedule under ``schedule``. The out_dir is the same for every arm."""
+    import yaml
+
+    cmd = [*train_command(arm, seed, args, catalog, Path(args.out) / "resolved"), "--cfg", "job"]
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if result.returncode != 0:
+        sys.stderr.write(result.stderr[-4000:])
+        raise SystemExit(f"{arm}: resolving the configuration failed; command: {' '.join(cmd)}")
+    job = yaml.safe_load(result.stdout)
+    job["schedule"] = json.loads(result.stdout.split("# schedule: ", 1)[1].splitlines()[0])
+    return job
+
+
+OBJECTIVE_KEYS = ("experiment", "rlp", "schedule")
+"""Our settings that may differ between runs that train alike: the preset's name, and the RLP settings and RLP/matched
+split of a run with no RLP step (the resolved schedule is compared instead)."""
+
+
+def same_training(job: dict, other: dict) -> str | None:
+    """None if two resolved jobs train alike step for step, else what differs.
+
+    Alike: Bridge's containers are equal, our settings are equal but for :data:`OBJECTIVE_KEYS`, neither has an RLP
+    step, and both take the same number of next-token steps (matched steps are next-token steps)."""
+    for name, j in (("first", job), ("second", other)):
+        if j["schedule"]["rlp_steps"]:
+            return f"the {name} has {j['schedule']['rlp_steps']} RLP steps"
+    steps = [j["schedule"]["ntp_steps"] + j["schedule"]["matched_ntp_steps"] for j in (job, other)]
+    if steps[0] != steps[1]:
+        return f"next-token steps differ: {steps[0]} vs {steps[1]}"
+    strip = lambda j: {k: v for k, v in j.items() if k not in ("smartpt", "schedule")}  # noqa: E731
+    differing = sorted(k for k in strip(job).keys() | strip(other).keys() if job.get(k) != other.get(k))
+    ours = [job["smartpt"], other["smartpt"]]
+    differing += sorted(
+        f"smartpt.{k}"
+        for k in ours[0].keys() | ours[1].keys()
+        if k not in OBJECTIVE_KEYS and ours[0].get(k) != ours[1].get(k)
+    )
+    return f"settings differ: {', '.join(differing)}" if differing else None
+
+
+def reused_as(row: dict, arm: str) -> dict:
+    """``row`` (a run of ``TRAINS_AS[arm]``) as a run of ``arm``: its scores, zero seconds of its own."""
+    return {**row, "arm": arm, "seconds": 0.0, "same_run_as": f"{row['arm']}-seed{row['seed']}"}
+
+
+def run_one(arm: str, seed: int, args, catalog: Path) -> dict:
+    out = Path(args.out) / f"{arm}-seed{seed}"
+    cmd = train_command(arm, seed, args, catalog, out)
     # The run directory is the study's scratch: a previous study's run there (other settings) would be refused by
     # the run-directory guard, and a finished one would be resumed instead of retrained.
     shutil.rmtree(out, ignore_errors=True)
@@ -185,6 +242,10 @@ def write_outputs(summary: dict, runs: list[dict], results: Path) -> None:
             if summary.get("reused")
             else []
         ),
+        *(
+            f"`{arm}` is the run of `{source}` (the same training, resolved and compared: `same_training`)."
+            for arm, source in summary.get("same_run_as", {}).items()
+        ),
         "",
         "| arm | knowledge acc | reasoning exact match | seeds |",
         "|---|---|---|---|",
@@ -240,7 +301,7 @@ def plot(summary: dict, path: Path, runs: list[dict] | None = None) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    parser.add_argument("--iters", type=int, default=380)
+    parser.add_argument("--iters", type=int, default=500, help="steps of every arm (study 3; study 2: 380)")
     base = WorldRecipe()  # the model and schedule flags default to the shared recipe
     for flag in RECIPE_FLAGS:
         parser.add_argument(f"--{flag.replace('_', '-')}", type=type(getattr(base, flag)), default=getattr(base, flag))
@@ -295,8 +356,18 @@ def main() -> int:
     Path(args.out).mkdir(parents=True, exist_ok=True)
     started_file.write_text(json.dumps({"time": started, "command": command, "settings": settings}))
     catalog = ensure_world(args.world_dir)
+    same_as = {}  # arm -> the arm whose runs it reuses (TRAINS_AS, where the resolved configurations agree)
+    for arm, source in TRAINS_AS.items():
+        if arm in args.arms and source in args.arms:
+            with ThreadPoolExecutor(max_workers=2) as pool:  # two processes that only import and resolve
+                jobs = pool.map(lambda a: resolved_job(a, args.seeds[0], args, catalog), (arm, source))
+                differs = same_training(*jobs)
+            if differs is None:
+                same_as[arm] = source
+            print(f"{arm}: " + (f"the run of {source} (same training)" if differs is None else f"trained ({differs})"))
     # Hopper's runs first: they take twice as long (RLP steps), and one started last would leave a core idle.
-    jobs = sorted(((arm, seed) for seed in args.seeds for arm in args.arms), key=lambda job: job[0] != "hopper")
+    arms = [a for a in args.arms if a not in same_as]
+    jobs = sorted(((arm, seed) for seed in args.seeds for arm in arms), key=lambda job: job[0] != "hopper")
 
     partial = Path(args.out) / "runs.partial.jsonl"  # every finished run, as it finishes (a cut study keeps them)
     partial.parent.mkdir(parents=True, exist_ok=True)
@@ -314,12 +385,16 @@ def main() -> int:
         return row
 
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:  # each run is its own process; threads only wait
-        runs = sorted(pool.map(one, jobs), key=table_order)
+        runs = list(pool.map(one, jobs))
+    runs += [reused_as(r, arm) for arm, source in same_as.items() for r in runs if r["arm"] == source]
+    runs.sort(key=table_order)
     wall = time.time() - started
     reused = []
     if earlier is not None:
         runs, reused = with_reused(runs, earlier, args.arms, args.seeds)
     summary = summarise(runs, command, wall, settings)
+    if same_as:
+        summary["same_run_as"] = same_as
     if reused:
         summary["reused"] = {
             "from": args.reuse,

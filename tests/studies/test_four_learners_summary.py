@@ -153,3 +153,28 @@ def test_a_bad_reuse_file_stops_the_study_before_any_training_and_names_the_file
     assert result.returncode != 0
     assert f"--reuse {path}: " in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "world").exists() and not (tmp_path / "res").exists()  # no world built, nothing written
+
+
+def _job(rlp_steps=0, ntp=10, matched=0, **ours):
+    smartpt = {"experiment": "ampere", "data": {"arm": "planned"}, "rlp": {"lr": 1e-6}, "schedule": {}, **ours}
+    schedule = {"ntp_steps": ntp, "rlp_steps": rlp_steps, "matched_ntp_steps": matched}
+    return {"model": {"num_layers": 2}, "train": {"train_iters": ntp + rlp_steps + matched}, "smartpt": smartpt,
+            "schedule": schedule}  # fmt: skip
+
+
+def test_same_training_allows_only_the_objective_settings_to_differ(study):
+    ampere = _job()
+    token_matched = _job(ntp=7, matched=3, experiment="hopper", rlp={"lr": 3e-4}, schedule={"rlp_steps": 3})
+    assert study.same_training(token_matched, ampere) is None
+    assert "RLP steps" in study.same_training(_job(ntp=7, rlp_steps=3), ampere)
+    assert "next-token steps differ: 12 vs 10" in study.same_training(_job(ntp=7, matched=5), ampere)
+    other_data = _job(data={"arm": "random_order"})
+    assert study.same_training(other_data, ampere) == "settings differ: smartpt.data"
+    deeper = {**ampere, "model": {"num_layers": 4}}
+    assert study.same_training(deeper, ampere) == "settings differ: model"
+
+
+def test_a_same_run_arm_takes_the_scores_and_none_of_the_seconds(study):
+    row = {"arm": "ampere", "seed": 2, "seconds": 140.0, "knowledge": [1.0], "reasoning": [0.0]}
+    reused = study.reused_as(row, "hopper_token_matched")
+    assert reused == {**row, "arm": "hopper_token_matched", "seconds": 0.0, "same_run_as": "ampere-seed2"}
