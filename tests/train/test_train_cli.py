@@ -114,6 +114,16 @@ def test_flop_matched_baseline_trains_more_next_token_steps_than_rlp_steps(bundl
     assert study.same_training(job(flop.stdout), job(ampere.stdout)).startswith("next-token steps differ")
 
 
+def test_make_smoke_resolves(capsys):
+    """``make smoke``'s settings are real keys (the target once passed ``smoke=true``, a key that never existed)."""
+    makefile = (Path(__file__).resolve().parents[2] / "Makefile").read_text()
+    args = next(line for line in makefile.splitlines() if line.startswith("SMOKE_ARGS :=")).split(":=", 1)[1].split()
+    assert "$(SMOKE_ARGS)" in makefile.split("\nsmoke:", 1)[1].split("\n\n", 1)[0]
+    job = smartpt_here(capsys, *args, "--cfg", "job")
+    assert job.returncode == 0, job.stderr[-2000:]
+    assert "experiment: volta" in job.stdout and "train_iters: 10" in job.stdout
+
+
 def test_unknown_keys_fail_with_the_parsers_message(capsys):
     ours = smartpt_here(capsys, "data.no_such=1")
     assert ours.returncode == 2 and "unknown key 'data.no_such'" in ours.stderr
