@@ -68,14 +68,13 @@ def init_model_parallel(tp: int = 1, pp: int = 1, seed: int = 1234) -> None:
 
 
 def init_single_process(seed: int = 1234, backend: str = "gloo") -> None:
-    """A world of one (gloo by default) on a free port, and megatron's model-parallel state (TP = PP = 1) seeded with ``seed``:
+    """A world of one (gloo by default) and megatron's model-parallel state (TP = PP = 1) seeded with ``seed``:
     what a benchmark or a one-process check needs before building a model."""
     import os
 
-    from nemo_smartpt.testing.distributed import free_port
-
-    # Always a fresh port: one inherited from the caller's environment may be held by the caller's own group.
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
+    # Port 0, never an inherited one (the caller's own group may hold it): the store binds what the OS assigns, and
+    # a world of one has no other process to tell (the same as ``smartpt train`` without torchrun).
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT="0")
     torch.distributed.init_process_group(backend, rank=0, world_size=1)
     init_model_parallel(1, 1, seed=seed)
 
