@@ -1,10 +1,9 @@
 """Thought rollouts from the live training model with a shared-prefix KV cache (arXiv 2510.01265, step 1).
 
-For one target position the G thoughts share the prompt ``P x_<t <think>``. :class:`KVCacheSampler` encodes that
-prompt ONCE (a batch-1 prefill through megatron-core's ``StaticInferenceContext``), copies the cached keys/values of
-batch slot 0 into slots 1..G−1, and then decodes the G thoughts together, one token per forward, each forward
-appending to the cache. Cost per group: one prefill of P tokens + (R − 1) decode forwards of G tokens, instead of
-G·(P + R) tokens for re-encoding (``generate_no_cache``, the reference and the benchmark's naive arm).
+For one target position the G thoughts share the prompt ``P x_<t <think>``. :class:`KVCacheSampler` encodes it ONCE
+(a batch-1 prefill through megatron-core's ``StaticInferenceContext``), copies the cached keys/values of slot 0 into
+slots 1..G−1, then decodes the G thoughts together, one token per forward. Cost per group: one prefill of P tokens +
+(R − 1) decode forwards of G tokens, instead of G·(P + R) tokens re-encoded (:class:`NoCacheSampler`, the reference).
 
 - The model is the training module itself (no weight copy). :func:`generation_mode` switches it to eval mode under
   ``torch.no_grad()`` and, for a Megatron DDP with overlapped parameter all-gather, disables the forward pre-hooks with
@@ -18,11 +17,9 @@ G·(P + R) tokens for re-encoding (``generate_no_cache``, the reference and the 
   are broadcast to every pipeline rank, so all stages feed the same next tokens and stop together. The prefill is
   still one batch-1 forward per group. Under PP this is collective: every pipeline rank must call with the same
   prompts (see :class:`~nemo_smartpt.rlp.megatron.pipeline.PipelineFeed`).
-- Determinism: draws come only from the ``torch.Generator`` passed in (the step seeds it from (seed, step,
-  data-parallel rank, micro-batch)), so a run is reproducible per seed and rank.
-
-Thoughts stop at ``</think>`` (possibly several tokens) or at ``max_new_tokens``; tokens after a row's stop are never
-returned. The per-token sampling log-probs (of softmax(z / T), before any top-p truncation) are returned too.
+- Determinism: draws come only from the ``torch.Generator`` passed in (seeded per (seed, step, data-parallel rank,
+  micro-batch)). Thoughts stop at ``</think>`` (possibly several tokens) or at ``max_new_tokens``; tokens after a
+  row's stop are never returned, with each token's sampling log-prob (softmax(z / T), before any top-p cut).
 """
 
 from __future__ import annotations
@@ -67,8 +64,7 @@ class RolloutCounters:
     """Forward steps of the dynamic engine (each one batches every active request)."""
 
     def reset(self) -> None:
-        for f in dataclasses.fields(self):
-            setattr(self, f.name, 0)
+        self.__init__()  # every counter back to its default, 0
 
 
 @dataclasses.dataclass
@@ -89,9 +85,8 @@ def sequence_parallel_off(gpt) -> Iterator[None]:
     """Turn sequence parallelism off in ``gpt`` (config and every module flag) while inside; restore each exactly.
 
     Generation feeds one token per row per forward, which cannot be split along the sequence over TP ranks (megatron's
-    static inference refuses sequence parallelism for dense models for the same reason); without it the TP layers
-    all-reduce instead of reduce-scatter, on identical weights. Flags are saved per module, not reset to one value.
-    """
+    static inference refuses sequence parallelism for dense models too); without it the TP layers all-reduce instead
+    of reduce-scatter, on identical weights. Flags are saved per module, not reset to one value."""
     config = gpt.config
     if not getattr(config, "sequence_parallel", False):
         yield
