@@ -14,8 +14,8 @@ PYTEST_ARGS ?=
 # training run are built once), one thread each: most of a test's time is single-threaded Python and subprocess
 # start-up, so two workers on two cores halve the wall time where one process with two torch threads did not.
 # The 25 slowest tests are listed at the end of every run, to keep the CI budget (well under 30 min) in view.
-SMOKE_ARGS := +experiment=volta train.train_iters=10 out_dir=runs/smoke
 PYTEST_PARALLEL ?= -n 2 --dist loadscope --durations=25
+SMOKE_ARGS := +experiment=volta train.train_iters=10 out_dir=runs/smoke
 
 .PHONY: venv test lint format demo smoke lock clean-venv bench
 

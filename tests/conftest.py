@@ -6,8 +6,10 @@ real megatron-core / megatron-bridge code the way a CPU user of the package woul
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,6 +19,7 @@ from nemo_smartpt.runtime import apply_cpu_runtime
 apply_cpu_runtime()
 
 TINY_VOCAB = 128
+FOUR_LEARNERS = Path(__file__).resolve().parents[1] / "examples" / "studies" / "four_learners.py"
 TINY_EOD = TINY_VOCAB - 1
 
 
@@ -101,3 +104,12 @@ def bundled_data(tmp_path_factory):
     directory = tmp_path_factory.mktemp("bundled_data")
     ensure_bundled_catalog(directory)
     return str(directory)
+
+
+@pytest.fixture(scope="session")
+def four_learners():
+    """The study script (examples/studies/four_learners.py) as a module: examples/ is not a package."""
+    spec = importlib.util.spec_from_file_location("four_learners", FOUR_LEARNERS)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -76,17 +76,21 @@ def train_command(arm: str, seed: int, args, catalog: Path, out: Path) -> list[s
 def resolved_job(arm: str, seed: int, args, catalog: Path) -> dict:
     """``smartpt train --cfg job`` of an arm's command (nothing trains): Bridge's container, our settings under
     ``smartpt`` and the resolved step schedule under ``schedule``. The out_dir is the same for every arm."""
-    import yaml
-
     cmd = [*train_command(arm, seed, args, catalog, Path(args.out) / "resolved"), "--cfg", "job"]
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     result = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if result.returncode != 0:
         sys.stderr.write(result.stderr[-4000:])
         raise SystemExit(f"{arm}: resolving the configuration failed; command: {' '.join(cmd)}")
-    job = yaml.safe_load(result.stdout)
-    job["schedule"] = json.loads(result.stdout.split("# schedule: ", 1)[1].splitlines()[0])
-    return job
+    return job_of(result.stdout)
+
+
+def job_of(text: str) -> dict:
+    """What ``smartpt train --cfg job`` printed, as :func:`same_training` compares it: the YAML, and the schedule
+    from its ``# schedule:`` comment line under ``schedule``."""
+    import yaml
+
+    return {**yaml.safe_load(text), "schedule": json.loads(text.split("# schedule: ", 1)[1].splitlines()[0])}
 
 
 OBJECTIVE_KEYS = ("experiment", "rlp", "schedule")

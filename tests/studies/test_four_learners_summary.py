@@ -7,7 +7,6 @@ the RLP quarters per hopper seed, and table.md / plot.png regenerated from summa
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import random
 import subprocess
@@ -18,14 +17,6 @@ import numpy as np
 import pytest
 
 SCRIPT = Path(__file__).resolve().parents[2] / "examples" / "studies" / "four_learners.py"
-
-
-@pytest.fixture(scope="module")
-def study():
-    spec = importlib.util.spec_from_file_location("four_learners", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _runs(items: int = 30) -> list[dict]:
@@ -47,9 +38,9 @@ def _runs(items: int = 30) -> list[dict]:
     return runs
 
 
-def test_means_intervals_and_pairing(study):
+def test_means_intervals_and_pairing(four_learners):
     runs = _runs()
-    summary = study.summarise(runs, "python examples/studies/four_learners.py", 12.5, {"iters": 1})
+    summary = four_learners.summarise(runs, "python examples/studies/four_learners.py", 12.5, {"iters": 1})
     for arm in ("pascal", "volta"):
         scores = np.array([r["knowledge"] for r in runs if r["arm"] == arm], dtype=np.float64)
         got = summary["arms"][arm]["knowledge"]
@@ -76,10 +67,10 @@ def test_means_intervals_and_pairing(study):
         assert h["truncation_rate"] == 0.25
 
 
-def test_summarise_only_regenerates_table_and_plot(study, tmp_path):
+def test_summarise_only_regenerates_table_and_plot(four_learners, tmp_path):
     runs = _runs(items=10)
-    summary = study.summarise(runs, "python examples/studies/four_learners.py --quick", 60.0, {"iters": 1})
-    study.write_outputs(summary, runs, tmp_path)
+    summary = four_learners.summarise(runs, "python examples/studies/four_learners.py --quick", 60.0, {"iters": 1})
+    four_learners.write_outputs(summary, runs, tmp_path)
     (tmp_path / "table.md").unlink()
     (tmp_path / "plot.png").unlink()
     result = subprocess.run(
@@ -117,21 +108,21 @@ def test_a_cut_study_is_summarised_from_its_finished_runs_and_marked_incomplete(
     assert "**Incomplete**: 7 of 18 runs finished (study cut)" in (tmp_path / "res" / "table.md").read_text()
 
 
-def test_rerunning_one_arm_reuses_the_other_arms_of_the_earlier_study_and_says_so(study, tmp_path):
+def test_rerunning_one_arm_reuses_the_other_arms_of_the_earlier_study_and_says_so(four_learners, tmp_path):
     earlier = _runs(items=10)
     rerun = [dict(r, knowledge=[0.0] * 10, seconds=5.0) for r in earlier if r["arm"] == "hopper"]
     for r in earlier:
         r["seconds"] = 100.0
-    merged, reused = study.with_reused(rerun, earlier, ["hopper"], [1, 2, 3])
+    merged, reused = four_learners.with_reused(rerun, earlier, ["hopper"], [1, 2, 3])
     assert len(merged) == 18 and len(reused) == 15
     assert [(r["seed"], r["arm"]) for r in merged] == [(r["seed"], r["arm"]) for r in earlier]  # table order
     assert all(r["knowledge"] == [0.0] * 10 for r in merged if r["arm"] == "hopper")  # the new hopper runs
     assert not any(r["arm"] == "hopper" for r in reused)
-    only_seed_1, _ = study.with_reused(rerun[:1], earlier, ["hopper"], [1])
+    only_seed_1, _ = four_learners.with_reused(rerun[:1], earlier, ["hopper"], [1])
     assert {r["seed"] for r in only_seed_1} == {1} and len(only_seed_1) == 6
-    summary = study.summarise(merged, "c --arms hopper --reuse r.json", 1.0, {"iters": 1})
+    summary = four_learners.summarise(merged, "c --arms hopper --reuse r.json", 1.0, {"iters": 1})
     summary["reused"] = {"from": "r.json", "arms": ["pascal"], "run_seconds": 1500.0}
-    study.write_outputs(summary, merged, tmp_path)
+    four_learners.write_outputs(summary, merged, tmp_path)
     assert (
         "Reused from `r.json` (an earlier invocation; not rerun): pascal, 1500 s of runs."
         in (tmp_path / "table.md").read_text()
@@ -162,19 +153,19 @@ def _job(rlp_steps=0, ntp=10, matched=0, **ours):
             "schedule": schedule}  # fmt: skip
 
 
-def test_same_training_allows_only_the_objective_settings_to_differ(study):
+def test_same_training_allows_only_the_objective_settings_to_differ(four_learners):
     ampere = _job()
     token_matched = _job(ntp=7, matched=3, experiment="hopper", rlp={"lr": 3e-4}, schedule={"rlp_steps": 3})
-    assert study.same_training(token_matched, ampere) is None
-    assert "RLP steps" in study.same_training(_job(ntp=7, rlp_steps=3), ampere)
-    assert "next-token steps differ: 12 vs 10" in study.same_training(_job(ntp=7, matched=5), ampere)
+    assert four_learners.same_training(token_matched, ampere) is None
+    assert "RLP steps" in four_learners.same_training(_job(ntp=7, rlp_steps=3), ampere)
+    assert "next-token steps differ: 12 vs 10" in four_learners.same_training(_job(ntp=7, matched=5), ampere)
     other_data = _job(data={"arm": "random_order"})
-    assert study.same_training(other_data, ampere) == "settings differ: smartpt.data"
+    assert four_learners.same_training(other_data, ampere) == "settings differ: smartpt.data"
     deeper = {**ampere, "model": {"num_layers": 4}}
-    assert study.same_training(deeper, ampere) == "settings differ: model"
+    assert four_learners.same_training(deeper, ampere) == "settings differ: model"
 
 
-def test_a_same_run_arm_takes_the_scores_and_none_of_the_seconds(study):
+def test_a_same_run_arm_takes_the_scores_and_none_of_the_seconds(four_learners):
     row = {"arm": "ampere", "seed": 2, "seconds": 140.0, "knowledge": [1.0], "reasoning": [0.0]}
-    reused = study.reused_as(row, "hopper_token_matched")
+    reused = four_learners.reused_as(row, "hopper_token_matched")
     assert reused == {**row, "arm": "hopper_token_matched", "seconds": 0.0, "same_run_as": "ampere-seed2"}

@@ -46,17 +46,6 @@ def smartpt_here(capsys, *args: str) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(["smartpt", "train", *args], code, out, err)
 
 
-def four_learners():
-    """The study script as a module (examples/ is not a package)."""
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[2] / "examples" / "studies" / "four_learners.py"
-    spec = importlib.util.spec_from_file_location("four_learners", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
@@ -95,7 +84,7 @@ def test_presets_and_bridge_overrides_resolve(bundled, capsys):
     assert "train_iters: 7" in result.stdout
 
 
-def test_flop_matched_baseline_trains_more_next_token_steps_than_rlp_steps(bundled, capsys, tmp_path):
+def test_flop_matched_baseline_trains_more_next_token_steps_than_rlp_steps(bundled, capsys, tmp_path, four_learners):
     args = ["+experiment=hopper", "schedule.rlp_steps=3", "train.train_iters=10", f"data.bundled_dir={bundled}"]
     args.append(f"out_dir={tmp_path / 'run'}")  # one directory for every command: its paths are in the jobs
     token = smartpt_here(capsys, *args, "schedule.rlp_baseline=token_matched", "--cfg", "job")
@@ -108,10 +97,9 @@ def test_flop_matched_baseline_trains_more_next_token_steps_than_rlp_steps(bundl
     # The four-learner study reuses Ampere's runs as this baseline's only where the resolved jobs agree: they do.
     ampere = smartpt_here(capsys, "+experiment=ampere", *args[2:], "--cfg", "job")
     assert ampere.returncode == 0, ampere.stderr[-2000:]
-    job = lambda out: {**yaml.safe_load(out), "schedule": schedule(out)}  # noqa: E731
-    study = four_learners()
-    assert study.same_training(job(token.stdout), job(ampere.stdout)) is None
-    assert study.same_training(job(flop.stdout), job(ampere.stdout)).startswith("next-token steps differ")
+    job = four_learners.job_of
+    assert four_learners.same_training(job(token.stdout), job(ampere.stdout)) is None
+    assert four_learners.same_training(job(flop.stdout), job(ampere.stdout)).startswith("next-token steps differ")
 
 
 def test_make_smoke_resolves(capsys):

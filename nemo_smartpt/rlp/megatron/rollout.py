@@ -64,7 +64,8 @@ class RolloutCounters:
     """Forward steps of the dynamic engine (each one batches every active request)."""
 
     def reset(self) -> None:
-        self.__init__()  # every counter back to its default, 0
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, 0)
 
 
 @dataclasses.dataclass
