@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nemo_smartpt.overrides import OverrideError, build_config, describe
-from nemo_smartpt.world.recipe import RLP_OVERRIDES, WorldRecipe
+from nemo_smartpt.world.recipe import RLP_OVERRIDES, RLP_STEPS, WorldRecipe
 
 WORLDS = ("default", "tiny")
 
@@ -34,8 +34,8 @@ class DemoConfig:
     """``default`` (the world of the study) or ``tiny`` (8 people; builds in seconds, for tests)."""
     train_iters: int = 380
     """Optimizer steps in all (next-token then RLP)."""
-    rlp_steps: int = 12
-    """The last steps use the RLP objective."""
+    rlp_steps: int = RLP_STEPS
+    """The last steps use the RLP objective (the study's number, ``nemo_smartpt.world.recipe.RLP_STEPS``)."""
     seed: int = 1234
     """Seed of data order, weights and rollouts."""
 
@@ -46,7 +46,9 @@ ABOUT_DATA = (
     "facts in clean sentences; two or three with commentary; one buried in chatter; rare among spam; very rare in "
     "word salad), a third of them as questions with answers, wiki-like profiles, arithmetic and tiny Python, and 700 "
     "two-step word problems with worked thoughts in the OpenThoughts layout (a quarter of them kept for SFT, disjoint "
-    "by question). By tokens, low- and medium-low-quality crawl dominate, as in real crawl. Tokens come from a "
+    "by question). Half the crawl and wiki documents think once before a token (a `<think>` that restates the "
+    "two tokens before it and ends with the next one, which the text then says), so that an RLP thought can raise "
+    "the next token's probability. By tokens, low- and medium-low-quality crawl dominate, as in real crawl. Tokens come from a "
     "2,048-entry byte-level BPE trained on the world (every name and number is one or two tokens). Held-out tasks, "
     "scored by lm-evaluation-harness: `world_knowledge` asks every fact in a question wording no training document "
     "uses, over all values of the attribute (chance 1/10 to 1/40); `world_reasoning` gives unseen problems (their "

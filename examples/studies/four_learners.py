@@ -27,7 +27,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from nemo_smartpt.world.recipe import RLP_OVERRIDES, WorldRecipe
+from nemo_smartpt.world.recipe import RLP_OVERRIDES, RLP_STEPS, WorldRecipe
 
 HERE = Path(__file__).resolve().parent
 # Hopper's RLP settings and every run's model and schedule: nemo_smartpt.world.recipe (shared with `smartpt demo`).
@@ -309,7 +309,7 @@ def main() -> int:
     base = WorldRecipe()  # the model and schedule flags default to the shared recipe
     for flag in RECIPE_FLAGS:
         parser.add_argument(f"--{flag.replace('_', '-')}", type=type(getattr(base, flag)), default=getattr(base, flag))
-    parser.add_argument("--rlp-steps", type=int, default=12, help="Hopper's RLP steps (the last of --iters)")
+    parser.add_argument("--rlp-steps", type=int, default=RLP_STEPS, help="Hopper's RLP steps (the last of --iters)")
     parser.add_argument("--jobs", type=int, default=2, help="runs side by side (each with OMP_NUM_THREADS=1)")
     parser.add_argument("--quick", action="store_true", help="one seed, 80 steps (4 RLP): a smoke test")
     parser.add_argument("--out", default="runs/study")

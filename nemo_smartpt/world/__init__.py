@@ -6,6 +6,9 @@ Mental model (after Physics of Language Models 3.1, arXiv 2309.14316, synthetic 
   same facts are written at the five crawl quality tiers — dense and clean in ``high``, buried in chatter in
   ``medium``, rare among noise in ``low`` — and in a wiki-like source; math- and code-like sources add arithmetic.
   By tokens, the natural distribution is dominated by low-quality crawl, as real crawl is.
+- **Inline thoughts** (:func:`.facts.think_before_a_token`): half the crawl and wiki documents think once before a
+  token, restating the two pieces before it and ending with the token the text then says. It is the world's text
+  in which a thought raises the next token's probability, which RLP's reward needs before its policy can learn.
 - **Reasoning** (:mod:`.problems`): multi-step arithmetic word problems with worked thoughts, written as jsonl in
   the OpenThoughts layout and prepared by ``smartpt prepare`` like any public reasoning set.
 - **Held-out sets** (:mod:`.heldout`): knowledge questions in phrasings no training document uses (facts seen,

@@ -27,7 +27,7 @@ from pathlib import Path
 import yaml
 
 from nemo_smartpt.reasoning.render import normalise_markers
-from nemo_smartpt.world.facts import SOURCES
+from nemo_smartpt.world.facts import INLINE_THOUGHT_SOURCES, SOURCES, think_before_a_token
 from nemo_smartpt.world.heldout import knowledge_items, reasoning_items
 from nemo_smartpt.world.problems import instance_of, openthoughts_record, sample_problems
 from nemo_smartpt.world.spec import ATTRIBUTES, WORLD_VERSION, WorldSpec, make_world
@@ -63,9 +63,15 @@ def write_raw(out: Path, spec: WorldSpec) -> dict[str, Path]:
     paths = {}
     for name, (make, _, _) in SOURCES.items():
         rng = random.Random(f"world-{spec.seed}-{name}")
-        paths[name] = _write_jsonl(
-            out / "raw" / f"{name}.jsonl", ({"text": make(rng, world)} for _ in range(getattr(spec, name)))
-        )
+        # Its own stream, so that the documents themselves are the same whatever the share of inline thoughts.
+        thinker = random.Random(f"world-{spec.seed}-{name}-thoughts")
+        rate = spec.inline_thoughts if name in INLINE_THOUGHT_SOURCES else 0.0
+
+        def document(make=make, rng=rng, thinker=thinker, rate=rate) -> dict:
+            text = make(rng, world)
+            return {"text": think_before_a_token(thinker, text) if thinker.random() < rate else text}
+
+        paths[name] = _write_jsonl(out / "raw" / f"{name}.jsonl", (document() for _ in range(getattr(spec, name))))
     rng = random.Random(f"world-{spec.seed}-reasoning")
     problems = sample_problems(rng, world, spec.reasoning, spec.seed, heldout=False)
     paths["reasoning"] = _write_jsonl(out / "raw" / "reasoning.jsonl", map(openthoughts_record, problems))

@@ -15,6 +15,7 @@ low            word salad and symbols; a fact in 10% of documents
 from __future__ import annotations
 
 import random
+import re
 
 from nemo_smartpt.world.spec import ATTRIBUTES, ITEMS, Person, World
 
@@ -96,6 +97,42 @@ SPAM = (
     "cheap", "sale", "login", "share", "follow", "like", "top", "ten", "amazing", "trick", "cookies", "accept",
 )  # fmt: skip
 SYMBOLS = "#@$%&*~^|"
+
+INLINE_THOUGHT_SOURCES = ("crawl_high", "crawl_medium_high", "crawl_medium", "crawl_medium_low", "crawl_low", "wiki")
+"""Sources whose writers sometimes think before a token (``WorldSpec.inline_thoughts``). Not the reasoning records
+(their thoughts are the worked solutions), not code (its lines are syntax), and not math: thoughts cut into its sums
+held back the reasoning records' transition (round 5: Ampere seed 2, dev reasoning at 500 steps 0.22 with math
+thoughts, 0.92 without; 0.94 on version 6)."""
+PRE_TOKEN = re.compile(r"'(?:s|t|re|ve|m|ll|d)| ?[A-Za-z]+| ?[0-9]+| ?[^\sA-Za-z0-9]+|\s+(?!\S)|\s+")
+"""The byte-level BPE's pre-tokenization (GPT-2's split) on the world's ASCII text: no token crosses these pieces,
+and nearly every piece is one token of the world's tokenizer (a test compares it with ``tokenizers``' own)."""
+RESTATED_PIECES = 2
+"""Pieces an inline thought restates before the one it says next. Always the same number, so that a small model
+learns where a thought ends (round 5: with one to three words restated it ran on past the next word)."""
+
+
+def think_before_a_token(rng: random.Random, text: str) -> str:
+    """``text`` with one inline thought before a random piece: ``born in the year<think> the year 1966</think> 1966.``
+
+    The thought restates the :data:`RESTATED_PIECES` pieces before the cut and ends with the piece that follows it,
+    which the text then says. This is the world's text in which a thought raises the next token's probability: after
+    ``</think>`` comes the thought's last token, a copy a two-layer model learns. An RLP thought inserted before any
+    token is then scored by what it ends with, and the policy gains by ending it with the right next token. Without
+    it ``</think>`` is only ever followed by a reasoning record's answer, and every inserted thought costs ~12 nats
+    whatever it says (studies 2 and 3, study README). Cuts fall before any piece, punctuation included, since RLP
+    draws its target positions uniformly over tokens; only pieces of bare whitespace (line breaks) are left out."""
+    pieces = PRE_TOKEN.findall(text)
+    # No whitespace-only piece in a thought: split on its own between the markers, "\n" + "\n" would become "\n\n".
+    cuts = [
+        cut
+        for cut in range(RESTATED_PIECES, len(pieces))
+        if not any(piece.isspace() for piece in pieces[cut - RESTATED_PIECES : cut + 1])
+    ]
+    if not cuts:
+        return text
+    cut = rng.choice(cuts)
+    thought = "".join(pieces[cut - RESTATED_PIECES : cut + 1])
+    return "".join(pieces[:cut]) + f"<think>{thought}</think>" + "".join(pieces[cut:])
 
 
 def fact_sentence(rng: random.Random, person: Person, attribute: str, questions: bool = False) -> str:

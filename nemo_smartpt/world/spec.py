@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-WORLD_VERSION = 6  # bump when any generator's output changes, so built worlds are rebuilt
+WORLD_VERSION = 7  # bump when any generator's output changes, so built worlds are rebuilt
 
 SYLLABLES = ["ka", "lo", "mi", "ra", "ven", "tor", "sel", "dun", "pha", "ri", "zo", "bel", "cor", "nav", "ul", "es"]
 FIELDS = ["chemistry", "music", "history", "law", "medicine", "painting", "physics", "poetry", "farming", "weaving"]
@@ -51,6 +51,10 @@ class WorldSpec:
     question_phrasings: bool = True
     """Also write facts as question-and-answer pairs (``facts.QUESTION_TEMPLATES``, none of them a held-out
     phrasing): knowledge augmentation, so that a model retrieves facts on an unseen question (study README)."""
+    inline_thoughts: float = 0.5
+    """Share of the documents of ``facts.INLINE_THOUGHT_SOURCES`` that think once before a token
+    (:func:`~nemo_smartpt.world.facts.think_before_a_token`): text in which a thought can raise the next token's
+    probability, which RLP needs to have anything to learn (study README, round 5). 0 turns it off."""
 
 
 @dataclass(frozen=True)

@@ -193,3 +193,47 @@ def test_the_recall_diagnostic_asks_dev_facts_in_a_training_phrasing(small_world
     recall = _jsonl(small_world / "eval" / "knowledge_recall_dev.jsonl")
     dev = _jsonl(small_world / "eval" / "knowledge_dev.jsonl")
     assert [(r["id"], r["answer"]) for r in recall] == [(d["id"], d["answer"]) for d in dev]
+
+
+def test_inline_thoughts_end_with_the_token_the_text_then_says_and_leave_the_documents_as_they_were(tmp_path):
+    """A thought restates the pieces before it and ends with the next one, which follows ``</think>``: the world's
+    text in which a thought raises the next token's probability. Removing the thoughts gives back the documents of a
+    world without them, character for character; math, code and the reasoning records never get one."""
+    import re
+
+    from nemo_smartpt.world.facts import INLINE_THOUGHT_SOURCES, PRE_TOKEN, RESTATED_PIECES
+
+    paths = write_raw(tmp_path / "on", SMALL)
+    plain = write_raw(tmp_path / "off", WorldSpec(**{**SMALL.__dict__, "inline_thoughts": 0.0}))
+    for name in INLINE_THOUGHT_SOURCES:
+        texts, originals = _jsonl_texts(paths[name]), _jsonl_texts(plain[name])
+        assert 0.3 < sum("<think>" in t for t in texts) / len(texts) < 0.7, name
+        for text, original in zip(texts, originals, strict=True):
+            match = re.search(r"<think>(.*?)</think>", text, re.DOTALL)
+            if match is None:
+                assert text == original
+                continue
+            assert text.count("<think>") == text.count("</think>") == 1
+            pieces = PRE_TOKEN.findall(match.group(1))
+            assert len(pieces) == RESTATED_PIECES + 1, match.group(1)
+            before, after = text[: match.start()], text[match.end() :]
+            assert before.endswith("".join(pieces[:-1])) and after.startswith(pieces[-1])
+            assert before + after == original
+    for name in ("math", "code", "reasoning"):
+        assert "<think>" not in paths[name].read_text()
+
+
+def test_the_pre_token_split_is_the_tokenizers_own_on_world_text(small_world):
+    """Inline thoughts cut and copy PRE_TOKEN pieces; they are whole tokens only if no BPE token crosses them."""
+    from tokenizers import pre_tokenizers
+
+    from nemo_smartpt.world.facts import PRE_TOKEN
+
+    split = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    texts = _training_texts(small_world)[::7]
+    assert len(texts) > 100
+    for text in texts:
+        for part in text.replace("</think>", "<think>").split("<think>"):
+            ours = [piece.encode().decode() for piece in PRE_TOKEN.findall(part)]
+            theirs = [part[a:b] for _, (a, b) in split.pre_tokenize_str(part)]
+            assert ours == theirs, part
