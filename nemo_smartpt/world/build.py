@@ -26,6 +26,7 @@ from pathlib import Path
 
 import yaml
 
+from nemo_smartpt.overrides import OverrideError
 from nemo_smartpt.reasoning.render import normalise_markers
 from nemo_smartpt.world.facts import INLINE_THOUGHT_SOURCES, SOURCES, think_before_a_token
 from nemo_smartpt.world.heldout import knowledge_items, reasoning_items
@@ -131,9 +132,14 @@ def write_tasks(out: Path, templates: Path = TASKS_DIR) -> Path:
     return tasks
 
 
+class WorldDirError(OverrideError):
+    """The world directory holds files that no world build wrote (one line from the CLI, like a bad override)."""
+
+
 def ensure_world(directory: str | Path, spec: WorldSpec | None = None, quiet: bool = True) -> Path:
     """Build (once) the world under ``directory``; return its ``catalog.yaml``. A finished directory with the same
-    spec and version is reused as it is."""
+    spec and version is reused as it is; one built by another version or spec (``world.json`` differs) is rebuilt in
+    place, so that ``make demo`` after an upgrade works; a directory with data but no ``world.json`` is refused."""
     from nemo_smartpt.reasoning.config import PrepareConfig
     from nemo_smartpt.reasoning.prepare import prepare
     from nemo_smartpt.reasoning.split import SplitConfig
@@ -142,8 +148,21 @@ def ensure_world(directory: str | Path, spec: WorldSpec | None = None, quiet: bo
     out = Path(directory)
     stamp = out / "world.json"
     wanted = {"spec": asdict(spec), "version": WORLD_VERSION}
-    if stamp.exists() and json.loads(stamp.read_text()) == wanted:
-        return out / "catalog.yaml"
+    if stamp.exists():
+        try:
+            if json.loads(stamp.read_text()) == wanted:
+                return out / "catalog.yaml"
+        except ValueError:
+            pass  # a stamp cut short: an interrupted build of ours, rebuilt below
+    elif any((out / part).exists() for part in ("raw", "indexed", "tokenizer")):
+        raise WorldDirError(
+            f"{out} holds raw/, indexed/ or tokenizer/ but no world.json, so no world build wrote them; choose another "
+            "world directory or remove that one"
+        )
+    # The directory is ours from here on: an older version's or another spec's world (or a build that stopped
+    # half-way, which leaves this stamp) is replaced file by file, the prepared datasets included.
+    out.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(json.dumps({"building": wanted}, indent=2))
     paths = write_raw(out, spec)
     tokenizer = train_tokenizer(tokenizer_texts(paths, spec), out / "tokenizer", spec.tokenizer_vocab)
     sources = []
@@ -160,6 +179,7 @@ def ensure_world(directory: str | Path, spec: WorldSpec | None = None, quiet: bo
                 progress=not quiet,
                 # The data-matched split: a quarter of the reasoning questions go to SFT, disjoint from pretraining.
                 split=SplitConfig(sft_fraction=SFT_FRACTION if reasoning else 0.0),
+                overwrite=True,  # the previous world's dataset under this prefix (the stamp above says it is ours)
             )
         )
         _, quality, category = SOURCES.get(name, (None, "high", "reasoning"))

@@ -237,3 +237,26 @@ def test_the_pre_token_split_is_the_tokenizers_own_on_world_text(small_world):
             ours = [piece.encode().decode() for piece in PRE_TOKEN.findall(part)]
             theirs = [part[a:b] for _, (a, b) in split.pre_tokenize_str(part)]
             assert ours == theirs, part
+
+
+def test_a_world_of_another_version_is_rebuilt_in_place_and_foreign_data_is_refused(tmp_path, monkeypatch):
+    """``make demo`` after an upgrade: the world directory of the previous version (its prepared datasets included)
+    is rebuilt, not refused for existing outputs; a directory whose data no world build wrote is left alone."""
+    import nemo_smartpt.world.build as build
+
+    out = tmp_path / "world"
+    monkeypatch.setattr(build, "WORLD_VERSION", build.WORLD_VERSION - 1)
+    ensure_world(out, SMALL)
+    old_bin = (out / "indexed" / "crawl_high.bin").read_bytes()
+    monkeypatch.undo()
+    ensure_world(out, WorldSpec(**{**SMALL.__dict__, "inline_thoughts": 0.0}))  # another spec: other datasets
+    assert json.loads((out / "world.json").read_text())["version"] == build.WORLD_VERSION
+    assert (out / "indexed" / "crawl_high.bin").read_bytes() != old_bin
+    assert "<think>" not in (out / "raw" / "crawl_high.jsonl").read_text()
+
+    foreign = tmp_path / "mine"
+    (foreign / "indexed").mkdir(parents=True)
+    (foreign / "indexed" / "crawl_high.bin").write_bytes(b"my data")
+    with pytest.raises(build.WorldDirError, match="no world.json"):
+        ensure_world(foreign, SMALL)
+    assert (foreign / "indexed" / "crawl_high.bin").read_bytes() == b"my data"
