@@ -19,8 +19,8 @@ from nemo_smartpt.runtime import apply_cpu_runtime
 apply_cpu_runtime()
 
 TINY_VOCAB = 128
-FOUR_LEARNERS = Path(__file__).resolve().parents[1] / "examples" / "studies" / "four_learners.py"
 TINY_EOD = TINY_VOCAB - 1
+FOUR_LEARNERS = Path(__file__).resolve().parents[1] / "examples" / "studies" / "four_learners.py"
 
 
 def pytest_collection_modifyitems(config, items):

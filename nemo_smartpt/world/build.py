@@ -67,12 +67,8 @@ def write_raw(out: Path, spec: WorldSpec) -> dict[str, Path]:
         # Its own stream, so that the documents themselves are the same whatever the share of inline thoughts.
         thinker = random.Random(f"world-{spec.seed}-{name}-thoughts")
         rate = spec.inline_thoughts if name in INLINE_THOUGHT_SOURCES else 0.0
-
-        def document(make=make, rng=rng, thinker=thinker, rate=rate) -> dict:
-            text = make(rng, world)
-            return {"text": think_before_a_token(thinker, text) if thinker.random() < rate else text}
-
-        paths[name] = _write_jsonl(out / "raw" / f"{name}.jsonl", (document() for _ in range(getattr(spec, name))))
+        documents = _documents(make, rng, world, getattr(spec, name), thinker, rate)
+        paths[name] = _write_jsonl(out / "raw" / f"{name}.jsonl", ({"text": text} for text in documents))
     rng = random.Random(f"world-{spec.seed}-reasoning")
     problems = sample_problems(rng, world, spec.reasoning, spec.seed, heldout=False)
     paths["reasoning"] = _write_jsonl(out / "raw" / "reasoning.jsonl", map(openthoughts_record, problems))
@@ -83,6 +79,13 @@ def write_raw(out: Path, spec: WorldSpec) -> dict[str, Path]:
     dev_instances = {instance_of(item["question"]) for item in dev}
     _write_jsonl(out / "eval" / "reasoning_test.jsonl", reasoning_items(world, spec, "test", exclude=dev_instances))
     return paths
+
+
+def _documents(make, rng: random.Random, world, count: int, thinker: random.Random, rate: float):
+    """``count`` documents of one source; each thinks once before a token with probability ``rate``."""
+    for _ in range(count):
+        text = make(rng, world)
+        yield think_before_a_token(thinker, text) if thinker.random() < rate else text
 
 
 def training_texts(paths: dict[str, Path]):
@@ -156,8 +159,8 @@ def ensure_world(directory: str | Path, spec: WorldSpec | None = None, quiet: bo
             pass  # a stamp cut short: an interrupted build of ours, rebuilt below
     elif any((out / part).exists() for part in ("raw", "indexed", "tokenizer")):
         raise WorldDirError(
-            f"{out} holds raw/, indexed/ or tokenizer/ but no world.json, so no world build wrote them; choose another "
-            "world directory or remove that one"
+            f"{out} holds raw/, indexed/ or tokenizer/ but no world.json, so no world build wrote them; choose "
+            "another world directory or remove that one"
         )
     # The directory is ours from here on: an older version's or another spec's world (or a build that stopped
     # half-way, which leaves this stamp) is replaced file by file, the prepared datasets included.

@@ -11,12 +11,9 @@ import json
 import random
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[2] / "examples" / "studies" / "four_learners.py"
 
 
 def _runs(items: int = 30) -> list[dict]:
@@ -74,7 +71,9 @@ def test_summarise_only_regenerates_table_and_plot(four_learners, tmp_path):
     (tmp_path / "table.md").unlink()
     (tmp_path / "plot.png").unlink()
     result = subprocess.run(
-        [sys.executable, str(SCRIPT), "--summarise-only", "--results", str(tmp_path)], capture_output=True, text=True
+        [sys.executable, four_learners.__file__, "--summarise-only", "--results", str(tmp_path)],
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     table = (tmp_path / "table.md").read_text()
@@ -83,7 +82,7 @@ def test_summarise_only_regenerates_table_and_plot(four_learners, tmp_path):
     assert json.loads((tmp_path / "summary.json").read_text()) == json.loads(json.dumps(summary))
 
 
-def test_a_cut_study_is_summarised_from_its_finished_runs_and_marked_incomplete(tmp_path):
+def test_a_cut_study_is_summarised_from_its_finished_runs_and_marked_incomplete(four_learners, tmp_path):
     everything = _runs(items=10)
     runs = [r for r in everything if r["seed"] == 1] + [everything[6]]  # seed 1 finished; seed 2 only one arm
     out = tmp_path / "runs"
@@ -92,7 +91,15 @@ def test_a_cut_study_is_summarised_from_its_finished_runs_and_marked_incomplete(
     (out / "study_started.json").write_text(json.dumps({"time": 0.0, "command": "c", "settings": settings}))
     (out / "runs.partial.jsonl").write_text("".join(json.dumps(r) + "\n" for r in reversed(runs)))
     result = subprocess.run(
-        [sys.executable, str(SCRIPT), "--summarise-partial", "--out", str(out), "--results", str(tmp_path / "res")],
+        [
+            sys.executable,
+            four_learners.__file__,
+            "--summarise-partial",
+            "--out",
+            str(out),
+            "--results",
+            str(tmp_path / "res"),
+        ],
         capture_output=True,
         text=True,
     )
@@ -130,13 +137,13 @@ def test_rerunning_one_arm_reuses_the_other_arms_of_the_earlier_study_and_says_s
 
 
 @pytest.mark.parametrize("content", [None, "{not json", '[{"arm": "pascal"}]'])
-def test_a_bad_reuse_file_stops_the_study_before_any_training_and_names_the_file(tmp_path, content):
+def test_a_bad_reuse_file_stops_the_study_before_any_training_and_names_the_file(four_learners, tmp_path, content):
     path = tmp_path / "runs.json"
     if content is not None:
         path.write_text(content)
     out = tmp_path / "out"
     result = subprocess.run(
-        [sys.executable, str(SCRIPT), "--arms", "hopper", "--reuse", str(path), "--out", str(out),
+        [sys.executable, four_learners.__file__, "--arms", "hopper", "--reuse", str(path), "--out", str(out),
          "--world-dir", str(tmp_path / "world"), "--results", str(tmp_path / "res")],
         capture_output=True,
         text=True,
